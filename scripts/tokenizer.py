@@ -1,0 +1,25 @@
+"""Train the shared byte-level BPE of the toy zoo, or export a hub model's own tokenizer."""
+import json
+
+import click
+
+from universality.cli import entry
+
+from universality import corpus
+
+
+@click.command()
+@click.option("--tokenizer", required=True, help="the config's tokenizer section as JSON")
+@click.option("--documents", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+def main(tokenizer, documents, out):
+    cfg = json.loads(tokenizer)
+    if cfg["type"] == "hub":
+        corpus.hub_tokenizer(cfg["hub_model"], out)
+    else:
+        corpus.train_tokenizer(documents, cfg["vocab_size"], out)
+    click.echo(f"tokenizer written to {out}")
+
+
+if __name__ == "__main__":
+    entry(main, globals())

@@ -1,0 +1,93 @@
+"""The micro preset end to end, then lineage: what a config change makes Snakemake plan."""
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(repo, workdir, *args, check=True):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir), *args]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def planned_jobs(repo, workdir, configfile):
+    """{rule: count} that a dry run plans (empty when nothing is to be done)."""
+    out = snakemake(repo, workdir, "-n", "--configfile", str(configfile)).stdout
+    counts = {}
+    if "Job stats:" not in out:
+        assert "Nothing to be done" in out, out
+        return counts
+    table = out.split("Job stats:", 1)[1].splitlines()
+    for line in table[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        if m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def micro(repo, tmp_path_factory):
+    work = tmp_path_factory.mktemp("micro")
+    config = work / "micro.yaml"
+    config.write_text((repo / "presets" / "micro.yaml").read_text())
+    snakemake(repo, work, "--cores", "2", "--configfile", str(config))
+    return work, config, yaml.safe_load(config.read_text())
+
+
+def test_micro_pipeline_outputs(micro):
+    import json
+
+    from universality import store
+
+    work, _, cfg = micro
+    root = work / cfg["results"]
+    for name, spec in cfg["models"].items():
+        metrics = json.loads((root / "models" / f"{name}.json").read_text())
+        assert metrics["eval_loss_nats"] > 0 and metrics["unigram_entropy_nats"] > 0
+        assert (root / "models" / name / "config.json").exists()
+        for site in cfg["activations"]["sites"]:
+            manifest = json.loads((root / "activations" / name / f"{site}.json").read_text())
+            assert sorted(map(int, manifest["layers"])) == list(range(spec["n_layers"]))
+            arr = store.open_array(root / "activations" / name / site / "L0.zarr")
+            n = cfg["activations"]["eval_tokens"] + (cfg["activations"]["sae_tokens"] if site == "resid" else 0)
+            assert arr.shape[0] == n
+    assert not list(root.rglob("*.tmp-*")), "a temporary output was left behind"
+
+
+def test_nothing_to_do_after_a_run(repo, micro):
+    work, config, _ = micro
+    assert planned_jobs(repo, work, config) == {}
+
+
+def test_changing_one_seed_reruns_that_model_only(repo, micro, tmp_path):
+    work, _, cfg = micro
+    cfg["models"]["neox-s1"]["seed"] = 7
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    n_sites = len(cfg["activations"]["sites"])
+    assert planned_jobs(repo, work, changed) == {"train_model": 1, "activations": n_sites, "all": 1}
+    out = snakemake(repo, work, "-n", "--configfile", str(changed)).stdout
+    assert "wildcards: model=neox-s1" in out and "model=neox-s0" not in out and "model=mamba-s0" not in out
+
+
+def test_changing_activation_count_reruns_collection_only(repo, micro, tmp_path):
+    work, _, cfg = micro
+    cfg["activations"]["eval_tokens"] = 1024
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    n = len(cfg["models"]) * len(cfg["activations"]["sites"])
+    assert planned_jobs(repo, work, changed) == {"activations": n, "all": 1}
+
+
+def test_lint_is_clean(repo):
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
