@@ -17,6 +17,8 @@ include: "rules/common.smk"
 include: "rules/corpus.smk"
 include: "rules/models.smk"
 include: "rules/activations.smk"
+include: "rules/saes.smk"
+include: "rules/mppc.smk"
 
 
 rule all:

@@ -1,4 +1,5 @@
 """The micro preset end to end, then lineage: what a config change makes Snakemake plan."""
+import copy
 import re
 import subprocess
 import sys
@@ -70,6 +71,7 @@ def test_nothing_to_do_after_a_run(repo, micro):
 
 def test_changing_one_seed_reruns_that_model_only(repo, micro, tmp_path):
     work, _, cfg = micro
+    cfg = copy.deepcopy(cfg)
     cfg["models"]["neox-s1"]["seed"] = 7
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
@@ -81,6 +83,7 @@ def test_changing_one_seed_reruns_that_model_only(repo, micro, tmp_path):
 
 def test_changing_activation_count_reruns_collection_only(repo, micro, tmp_path):
     work, _, cfg = micro
+    cfg = copy.deepcopy(cfg)
     cfg["activations"]["eval_tokens"] = 1024
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))

@@ -32,6 +32,8 @@ def run(command: click.Command, smk) -> None:
         value = _lookup(smk, param.name)
         if value is None:
             continue
+        if isinstance(value, (list, tuple)):  # a named list of files (Snakemake's Namedlist)
+            value = " ".join(map(str, value))
         args += [param.opts[0], str(value)]
     log = smk.log[0] if len(smk.log) else None
     with contextlib.ExitStack() as stack:

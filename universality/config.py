@@ -66,6 +66,8 @@ def validate(config: dict, schema: dict | None = None) -> dict:
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
     _check_models(config)
     _check_corpus(config)
+    _check_saes(config)
+    _check_comparisons(config)
     return config
 
 
@@ -87,6 +89,59 @@ def _check_models(config: dict) -> None:
                 raise ConfigError(
                     f"models.{name}.layers: layer {layer} out of range [0, {m['n_layers']})"
                 )
+
+
+def _check_saes(config: dict) -> None:
+    s = config["saes"]
+    for site in s["sites"]:
+        if site not in config["activations"]["sites"]:
+            raise ConfigError(f"saes.sites: {site!r} is not collected (add it to activations.sites)")
+    for section in ("extra_seeds", "overrides"):
+        for model in s[section]:
+            if model not in config["models"]:
+                raise ConfigError(f"saes.{section}.{model}: no such model in `models`")
+    for model, layers in s["overrides"].items():
+        for layer, changes in layers.items():
+            if int(layer) not in model_layers(config, model):
+                raise ConfigError(f"saes.overrides.{model}.{layer}: layer out of range / not collected")
+            unknown = set(changes) - set(SAE_OVERRIDABLE)
+            if unknown:
+                raise ConfigError(f"saes.overrides.{model}.{layer}: unknown keys {sorted(unknown)}")
+
+
+def _check_comparisons(config: dict) -> None:
+    for name, c in config["comparisons"].items():
+        key = f"comparisons.{name}"
+        for side in ("a", "b"):
+            if c[side] not in config["models"]:
+                raise ConfigError(f"{key}.{side}: no model {c[side]!r} in `models`")
+        if c["kind"] == "sae":
+            if "resid" not in config["saes"]["sites"]:
+                raise ConfigError(f"{key}.kind: 'sae' needs 'resid' in saes.sites")
+            for side in ("a", "b"):
+                seed = c[f"seed_{side}"]
+                if seed not in sae_seeds(config, c[side]):
+                    raise ConfigError(
+                        f"{key}.seed_{side}: model {c[side]!r} has no SAE seed {seed} "
+                        f"(add it to saes.seeds or saes.extra_seeds.{c[side]})")
+        elif "neuron" not in config["activations"]["sites"]:
+            raise ConfigError(f"{key}.kind: 'neuron' needs 'neuron' in activations.sites")
+
+
+SAE_OVERRIDABLE = ("expansion", "l1", "lr", "lr_decay", "batch_size", "train_tokens")
+
+
+def sae_seeds(config: dict, model: str) -> list[int]:
+    s = config["saes"]
+    return sorted(set(s["seeds"]) | set(s["extra_seeds"].get(model, [])))
+
+
+def sae_options(config: dict, model: str, layer: int) -> dict:
+    """The SAE recipe of one (model, layer): the `saes` section with its overrides applied."""
+    s = config["saes"]
+    opts = {k: v for k, v in s.items() if k not in ("sites", "seeds", "extra_seeds", "overrides")}
+    opts.update(s["overrides"].get(model, {}).get(str(layer), {}))
+    return opts
 
 
 def _check_corpus(config: dict) -> None:

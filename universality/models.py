@@ -35,7 +35,9 @@ def build_config(spec: dict, vocab_size: int, max_len: int, bos_id: int):
             num_attention_heads=spec["n_heads"],
             intermediate_size=spec.get("d_mlp") or 4 * d,
             max_position_embeddings=max_len,
-            rotary_pct=0.25,  # Pythia's partial rotary embedding
+            # Pythia rotates 25% of each head; the toy's 32-dim heads would keep 8 rotary dims,
+            # too weak a position signal for a previous-token head to form within the budget.
+            rotary_pct=spec.get("rotary_pct", 1.0),
             use_parallel_residual=True,
             tie_word_embeddings=False,
             hidden_dropout=0.0,
@@ -186,3 +188,55 @@ def site_width(model: nn.Module, site: str) -> int:
     if c.model_type == "rwkv":
         return c.intermediate_size or 4 * c.hidden_size
     raise ValueError(c.model_type)
+
+
+@contextlib.contextmanager
+def patch_resid(model: nn.Module, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """Within the block, the residual stream after block ``layer`` is replaced by ``fn(resid)``.
+
+    ``fn`` maps [batch, pos, d_model] to the same shape; everything downstream reads the result.
+    """
+    if model.config.model_type == "mamba":
+        from . import hooks
+
+        with hooks.hooks(model, {f"blocks.{layer}.hook_resid_post": lambda t, _name: fn(t)}):
+            yield
+        return
+
+    def hook(_mod, _inp, out):
+        if isinstance(out, tuple):
+            return (fn(out[0]),) + tuple(out[1:])
+        return fn(out)
+
+    handle = _site_modules(model, "resid", layer).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def next_token_loss(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean next-token cross-entropy (nats) of [batch, pos] ``ids`` where ``mask`` [batch, pos-1]."""
+    logits = logits_of(model, ids)[:, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    m = mask.reshape(-1)
+    return float(nll[m].mean())
+
+
+@torch.no_grad()
+def ce_with_replacement(model: nn.Module, batches, layer: int, fn) -> dict:
+    """Clean, spliced (resid -> ``fn(resid)``) and zero-ablated (resid -> 0) CE loss in nats.
+
+    ``batches`` is a list of (ids [batch, pos] int64, mask [batch, pos-1] bool).
+    """
+    def mean_loss():
+        return sum(next_token_loss(model, ids, m) * int(m.sum()) for ids, m in batches) / sum(
+            int(m.sum()) for _, m in batches)
+
+    clean = mean_loss()
+    with patch_resid(model, layer, fn):
+        spliced = mean_loss()
+    with patch_resid(model, layer, torch.zeros_like):
+        zero = mean_loss()
+    return {"clean": clean, "spliced": spliced, "zero_ablated": zero}

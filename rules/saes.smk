@@ -1,0 +1,19 @@
+rule train_sae:
+    input:
+        acts_dir=R("activations", "{model}", "{site}"),
+        model_dir=R("models", "{model}"),
+        eval_set=R("tokens", "eval.zarr"),
+    output:
+        out=directory(R("saes", "{model}", "{site}", "L{layer}", "seed{seed}")),
+    params:
+        options=sae_params,
+    log:
+        R("logs", "train_sae", "{model}", "{site}", "L{layer}", "seed{seed}.log"),
+    # One thread per SAE and two SAEs at once beat two threads per SAE on two cores.
+    threads: 1
+    resources:
+        mem_mb=3000,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/train_sae.py"

@@ -1,0 +1,29 @@
+"""Encode the shared eval tokens with one SAE into sparse CSR feature activations (Zarr)."""
+import json
+from pathlib import Path
+
+import click
+
+from universality.cli import entry
+from universality import features, store
+
+
+@click.command()
+@click.option("--model", required=True)
+@click.option("--site", required=True, type=click.Choice(["resid", "neuron"]))
+@click.option("--layer", required=True, type=int)
+@click.option("--seed", required=True, type=int)
+@click.option("--sae", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--acts-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--chunk-rows", default=8192, type=int)
+@click.option("--out", required=True, type=click.Path())
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False))
+def main(model, site, layer, seed, sae, acts_dir, chunk_rows, out, manifest):
+    info = features.encode(sae, str(Path(acts_dir) / f"L{layer}.zarr"), out, chunk_rows=chunk_rows,
+                           attrs={"model": model, "site": site, "layer": layer, "seed": seed})
+    store.write_json(manifest, info)
+    click.echo(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    entry(main, globals())

@@ -1,0 +1,33 @@
+"""Train one SAE on one layer's activations, then measure CE-loss recovered by splicing it in."""
+import json
+from pathlib import Path
+
+import click
+import torch
+
+from universality.cli import entry
+from universality import saes
+
+
+@click.command()
+@click.option("--model", required=True, help="the model's key in config['models']")
+@click.option("--site", required=True, type=click.Choice(["resid", "neuron"]))
+@click.option("--layer", required=True, type=int)
+@click.option("--seed", required=True, type=int, help="SAE seed (init and data order)")
+@click.option("--acts-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--model-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--eval-set", required=True, type=click.Path(exists=True))
+@click.option("--options", required=True, help="the SAE options of this (model, layer) as JSON")
+@click.option("--out", required=True, type=click.Path())
+@click.option("--threads", default=1, type=int)
+def main(model, site, layer, seed, acts_dir, model_dir, eval_set, options, out, threads):
+    torch.set_num_threads(threads)
+    metrics = saes.train_and_evaluate(
+        model, site, layer, seed, Path(acts_dir) / f"L{layer}.zarr", model_dir, eval_set,
+        json.loads(options), out, threads,
+    )
+    click.echo(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    entry(main, globals())
