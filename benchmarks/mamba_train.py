@@ -4,13 +4,18 @@ One process, side by side: each timed step is forward + backward + AdamW step on
 random tokens. Our MambaLM and GPT-NeoX steps are interleaved (ours, neox, ours, neox, ...) so
 that load from other processes hits both alike; the median step time is reported. The
 transformers MambaForCausalLM (same config and weights as ours; without mamba-ssm it runs its
-slow per-position reference path) is timed for only a couple of steps, by default on shorter
-sequences (batch 16 x 32), since one full-size step takes minutes.
+slow per-position reference path) is timed for one step, by default on batch 4 x 256: a full
+16 x 256 step takes minutes (measured 166 s with 1 thread). Its step time grows about linearly
+with batch but quadratically with length, so only the batch is reduced.
 
     python benchmarks/mamba_train.py            # defaults: < 2 minutes on 2 CPU cores
     python benchmarks/mamba_train.py --steps 10 --hf-batch 16
 
 Prints tokens/s per model and the ratios ours/NeoX (goal >= 0.5) and ours/transformers.
+
+On a shared, busy machine torch's OpenMP threads spin-wait at every op's barrier; measured on
+the 2-core dev box, 2-thread steps then took 4-7x longer (process CPU time ~= wall time) than
+1-thread steps, for both models. Compare with ``--threads 1`` or ``OMP_WAIT_POLICY=PASSIVE``.
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ def parse_args(argv=None):
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--steps", type=int, default=4, help="timed steps per fast model")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--hf-steps", type=int, default=2, help="timed steps of the transformers path")
-    p.add_argument("--hf-batch", type=int, default=16,
-                   help="batch for the transformers reference path (0: skip it)")
-    p.add_argument("--hf-seq", type=int, default=32,
-                   help="sequence length for the transformers reference path (its cost is a "
-                        "Python loop over positions, so tokens/s hardly depends on it)")
+    p.add_argument("--hf-steps", type=int, default=1, help="timed steps of the transformers path")
+    p.add_argument("--hf-batch", type=int, default=4,
+                   help="batch for the transformers reference path (0: skip it); its step time "
+                        "grows ~linearly with batch, so tokens/s barely depends on it")
+    p.add_argument("--hf-seq", type=int, default=None,
+                   help="sequence length for the transformers path (default: --seq). Its "
+                        "backward grows ~quadratically with length: keep the benchmark's length")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--scan-workers", type=int, default=None,
                    help="threads for our selective scan (default: universality.scan.SCAN_WORKERS)")
@@ -139,12 +145,13 @@ def main(argv=None):
     if args.hf_batch > 0 and args.hf_steps > 0:
         hf = MambaForCausalLM(cfg)
         hf.load_state_dict(ours.state_dict())
-        ref = Trainer("transformers", hf, args.hf_batch, args.hf_seq, args.vocab, args.seed)
+        hf_seq = args.hf_seq or args.seq
+        ref = Trainer("transformers", hf, args.hf_batch, hf_seq, args.vocab, args.seed)
         for _ in range(args.hf_steps):
             ref.step()
         hf_tps = ref.tokens_per_s()
         print(f"{'transformers':>13}: {hf_tps:9.1f} tokens/s  (median step "
-              f"{statistics.median(ref.times):.3f} s, batch {args.hf_batch} x {args.hf_seq}, "
+              f"{statistics.median(ref.times):.3f} s, batch {args.hf_batch} x {hf_seq}, "
               f"{len(ref.times)} steps; slow reference path)")
 
     print(f"load average now {os.getloadavg()[0]:.2f} (1 min); with other processes running, "

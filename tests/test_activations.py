@@ -50,16 +50,18 @@ def reference_sites(model, arch, ids):
                 neuron.append(block.mlp.act(h))
             return resid, neuron
         hf = model.to_hf().eval()
+        # transformers 5 Mamba: hidden_states[l] is the output of block l (no embeddings entry)
         out = hf(ids, output_hidden_states=True)
         resid, neuron = [], []
         for l in range(3):
+            block_in = hf.backbone.embeddings(ids) if l == 0 else out.hidden_states[l - 1]
             mixer = hf.backbone.layers[l].mixer
-            x = hf.backbone.layers[l].norm(out.hidden_states[l])
+            x = hf.backbone.layers[l].norm(block_in)
             proj = mixer.in_proj(x).transpose(1, 2)
             hs, gate = proj.chunk(2, dim=1)
             conv = mixer.act(mixer.conv1d(hs)[..., : ids.shape[1]])
             neuron.append(torch.cat([conv.transpose(1, 2), torch.nn.functional.silu(gate.transpose(1, 2))], -1))
-            resid.append(out.hidden_states[l + 1])
+            resid.append(out.hidden_states[l])
         return resid, neuron
 
 
@@ -89,13 +91,13 @@ def test_collect_matches_independent_forward(tmp_path, arch, site):
             for l in range(3):
                 src = resid[l] if site == "resid" else neuron[l]
                 expected[l].append(src[0, pos[win == w]].numpy())
-    final_norm = model.gpt_neox.final_layer_norm if arch == "gpt_neox" else model.backbone.norm_f
+    final_norm = model.gpt_neox.final_layer_norm if arch == "gpt_neox" else None
     for l in range(3):
         arr = store.open_array(out / f"L{l}.zarr")
         assert arr.shape[0] == n_rows and arr.attrs["layer"] == l and arr.attrs["site"] == site
         assert arr.attrs["segments"] == ({"eval": [0, 40]} if site == "neuron" else {"sae": [0, 60], "eval": [60, 100]})
         got = arr[:]
-        if site == "resid" and l == 2:
+        if site == "resid" and l == 2 and arch == "gpt_neox":
             with torch.no_grad():
                 got = final_norm(torch.from_numpy(got)).numpy()
         np.testing.assert_allclose(got, np.concatenate(expected[l]), atol=2e-5, rtol=1e-4)

@@ -61,6 +61,13 @@ def test_micro_pipeline_outputs(micro):
             arr = store.open_array(root / "activations" / name / site / "L0.zarr")
             n = cfg["activations"]["eval_tokens"] + (cfg["activations"]["sae_tokens"] if site == "resid" else 0)
             assert arr.shape[0] == n
+    for name, spec in cfg["models"].items():
+        for layer in range(spec["n_layers"]):
+            m = json.loads((root / "saes" / name / "resid" / f"L{layer}" / "seed0" / "metrics.json").read_text())
+            assert 0 < m["explained_variance"] <= 1 and m["ce_loss"]["clean"] > 0
+    for comp in cfg["comparisons"]:
+        summary = json.loads((root / "mppc" / f"{comp}.json").read_text())
+        assert summary["forward"]["features"] > 0 and -1 <= summary["forward"]["mean_mppc"] <= 1
     assert not list(root.rglob("*.tmp-*")), "a temporary output was left behind"
 
 
@@ -76,19 +83,30 @@ def test_changing_one_seed_reruns_that_model_only(repo, micro, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
     n_sites = len(cfg["activations"]["sites"])
-    assert planned_jobs(repo, work, changed) == {"train_model": 1, "activations": n_sites, "all": 1}
+    layers = cfg["models"]["neox-s1"]["n_layers"]
+    # every comparison that reads neox-s1, and its layer pairs
+    touched = {k: c for k, c in cfg["comparisons"].items() if "neox-s1" in (c["a"], c["b"])}
+    pairs = sum(cfg["models"][c["a"]]["n_layers"] * cfg["models"][c["b"]]["n_layers"] for c in touched.values())
+    assert touched and planned_jobs(repo, work, changed) == {
+        "train_model": 1, "activations": n_sites, "train_sae": layers, "features": layers,
+        "pearson_pair": pairs, "mppc": len(touched), "all": 1}
     out = snakemake(repo, work, "-n", "--configfile", str(changed)).stdout
     assert "wildcards: model=neox-s1" in out and "model=neox-s0" not in out and "model=mamba-s0" not in out
 
 
-def test_changing_activation_count_reruns_collection_only(repo, micro, tmp_path):
+def test_changing_l1_of_one_mamba_layer_reruns_its_descendants_only(repo, micro, tmp_path):
     work, _, cfg = micro
     cfg = copy.deepcopy(cfg)
-    cfg["activations"]["eval_tokens"] = 1024
+    cfg["saes"]["overrides"] = {"mamba-s0": {"1": {"l1": 3.0}}}
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
-    n = len(cfg["models"]) * len(cfg["activations"]["sites"])
-    assert planned_jobs(repo, work, changed) == {"activations": n, "all": 1}
+    touched = {k: c for k, c in cfg["comparisons"].items() if c["kind"] == "sae" and "mamba-s0" in (c["a"], c["b"])}
+    # the SAE, its features, one layer pair per A layer of each comparison reading it, the reductions
+    pairs = sum(cfg["models"][c["a"]]["n_layers"] for c in touched.values())
+    assert planned_jobs(repo, work, changed) == {
+        "train_sae": 1, "features": 1, "pearson_pair": pairs, "mppc": len(touched), "all": 1}
+    out = snakemake(repo, work, "-n", "--configfile", str(changed)).stdout
+    assert re.search(r"wildcards: model=mamba-s0, site=resid, layer=1, seed=0", out), out
 
 
 def test_lint_is_clean(repo):

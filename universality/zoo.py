@@ -69,8 +69,10 @@ def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
 def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: int, vocab: int, log=print):
     """Train one toy model; return (model, history). Deterministic given ``spec['seed']``.
 
-    Each step sees ``batch_size`` natural windows of ``max_len`` tokens and ``induction_rows``
-    synthetic rows of ``induction_len`` tokens; the loss is the sum of the two mean losses.
+    The first ``induction_warmup_steps`` steps see only ``induction_rows`` synthetic rows of
+    ``induction_len`` tokens; every later step sees ``batch_size`` natural windows of ``max_len``
+    tokens plus the synthetic rows, and its loss is the sum of the two mean losses. Natural
+    steps continue until ``train_tokens`` natural tokens are seen.
     """
     seed = spec["seed"]
     torch.manual_seed(seed)
@@ -79,8 +81,9 @@ def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: in
     model = models.build_model(config).train()
     batch, n_synth = training["batch_size"], training["induction_rows"]
     synth_len = min(training["induction_len"], max_len)
-    step_tokens = batch * max_len + n_synth * synth_len
-    steps = max(1, math.ceil(spec["train_tokens"] / step_tokens))
+    warm = training["induction_warmup_steps"] if n_synth else 0
+    text_steps = max(1, math.ceil(spec["train_tokens"] / (batch * max_len)))
+    steps = warm + text_steps
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -94,13 +97,15 @@ def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: in
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, training["lr"], training["warmup_steps"])
-        ids, labels = natural_rows(train_tokens, rng.choice(full, batch), max_len)
-        loss_text = lm_loss(models.logits_of(model, torch.from_numpy(ids)), torch.from_numpy(labels))
-        loss = loss_text
+        loss = loss_text = loss_copy = torch.zeros(())
+        if step >= warm:
+            ids, labels = natural_rows(train_tokens, rng.choice(full, batch), max_len)
+            loss_text = lm_loss(models.logits_of(model, torch.from_numpy(ids)), torch.from_numpy(labels))
+            loss = loss + loss_text
         if n_synth:
             ids, labels = synthetic_repeats(rng, n_synth, synth_len, vocab, train_tokens.bos_id)
             loss_copy = lm_loss(models.logits_of(model, torch.from_numpy(ids)), torch.from_numpy(labels))
-            loss = loss_text + loss_copy
+            loss = loss + loss_copy
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training {spec['arch']} seed {seed}: loss is {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -109,10 +114,10 @@ def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: in
         opt.step()
         if step % 20 == 0 or step == steps - 1:
             elapsed = time.perf_counter() - t0
-            rec = {"step": step, "loss_text": round(loss_text.item(), 4),
+            seen = (step + 1) * n_synth * synth_len + max(0, step + 1 - warm) * batch * max_len
+            rec = {"step": step, "loss_text": round(loss_text.item(), 4) if step >= warm else None,
                    "loss_copy": round(loss_copy.item(), 4) if n_synth else None,
-                   "tokens": (step + 1) * step_tokens, "seconds": round(elapsed, 2),
-                   "tokens_per_s": round((step + 1) * step_tokens / elapsed, 1)}
+                   "tokens": seen, "seconds": round(elapsed, 2), "tokens_per_s": round(seen / elapsed, 1)}
             history.append(rec)
             bar.set_postfix(text=rec["loss_text"], copy=rec["loss_copy"], tok_s=rec["tokens_per_s"])
     return model.eval(), history
