@@ -88,8 +88,9 @@ def collect(
         for segment, n in plan:
             tokens = corpus.TokenSet(tokens_by_segment[segment])
             win, pos = token_rows(tokens, n)
-            for lo in range(0, len(np.unique(win)), batch_size):
-                wins = np.unique(win)[lo : lo + batch_size]
+            all_wins = np.unique(win)
+            for lo in range(0, len(all_wins), batch_size):
+                wins = all_wins[lo : lo + batch_size]
                 length = int(tokens.lengths()[wins].max())
                 ids = np.full((len(wins), length), tokens.bos_id, dtype=np.int64)
                 for i, w in enumerate(wins):

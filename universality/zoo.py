@@ -66,7 +66,7 @@ def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: int, vocab: int, log=print):
+def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: int, vocab: int):
     """Train one toy model; return (model, history). Deterministic given ``spec['seed']``.
 
     The first ``induction_warmup_steps`` steps see only ``induction_rows`` synthetic rows of
