@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from universality import models, zoo
+from universality import corpus, models, zoo
 
 
 def test_synthetic_repeats_labels_match_reference():
@@ -68,6 +68,8 @@ class FakeTokens:
     def lengths(self):
         return np.diff(self.offsets)
 
+    padded = corpus.TokenSet.padded
+
 
 @pytest.mark.parametrize("arch", ["gpt_neox", "mamba"])
 def test_training_is_deterministic_and_learns(arch):
@@ -103,3 +105,20 @@ def test_eval_loss_matches_reference():
         logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
         nll += (-logp.gather(1, ids[0, 1:, None])[:, 0]).tolist()
     assert zoo.eval_loss(model, tokens, 32, 10_000, batch=2) == pytest.approx(np.mean(nll), rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "mamba"])
+def test_eval_loss_windows_and_resid_patch(arch):
+    torch.manual_seed(0)
+    spec = {"arch": arch, "d_model": 16, "n_layers": 2, "n_heads": 2, "d_state": 4, "expand": 2, "d_conv": 4}
+    model = models.build_model(models.build_config(spec, 40, 32, 0)).eval()
+    tokens = FakeTokens(5, 32, 40, seed=2)
+    # the first 3 windows, whatever the batch size: 3 x 31 scored tokens
+    assert zoo.eval_loss(model, tokens, 32, batch=2, max_windows=3) == pytest.approx(
+        zoo.eval_loss(model, tokens, 32, max_tokens=93, batch=3), rel=1e-6)
+    clean = zoo.eval_loss(model, tokens, 32, max_windows=5)
+    with models.patch_resid(model, 0, lambda t: t):
+        assert zoo.eval_loss(model, tokens, 32, max_windows=5) == pytest.approx(clean, rel=1e-6)
+    with models.patch_resid(model, 0, torch.zeros_like):
+        assert zoo.eval_loss(model, tokens, 32, max_windows=5) != pytest.approx(clean, rel=1e-3)
+    assert zoo.eval_loss(model, tokens, 32, max_windows=5) == clean  # the patch is gone

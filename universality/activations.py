@@ -91,11 +91,7 @@ def collect(
             all_wins = np.unique(win)
             for lo in range(0, len(all_wins), batch_size):
                 wins = all_wins[lo : lo + batch_size]
-                length = int(tokens.lengths()[wins].max())
-                ids = np.full((len(wins), length), tokens.bos_id, dtype=np.int64)
-                for i, w in enumerate(wins):
-                    win_ids = tokens.window(int(w))
-                    ids[i, : len(win_ids)] = win_ids
+                ids = tokens.padded(wins, int(tokens.lengths()[wins].max()))
                 with models.capture(model, sites) as cache:
                     models.logits_of(model, torch.from_numpy(ids))
                 # Rows of this batch in token_rows order: window-major, then position.

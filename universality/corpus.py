@@ -248,6 +248,14 @@ class TokenSet:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def padded(self, windows, length: int) -> np.ndarray:
+        """Windows as [len(windows), length] int64 ids, right-padded with BOS (causal: harmless)."""
+        ids = np.full((len(windows), length), self.bos_id, dtype=np.int64)
+        for i, w in enumerate(windows):
+            win = self.window(int(w))
+            ids[i, : len(win)] = win
+        return ids
+
 
 def unigram_entropy(ids: np.ndarray, vocab_size: int, exclude: int | None = None) -> float:
     """Entropy in nats of the token frequency distribution (the loss of a unigram model)."""

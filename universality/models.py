@@ -213,30 +213,3 @@ def patch_resid(model: nn.Module, layer: int, fn: Callable[[torch.Tensor], torch
         yield
     finally:
         handle.remove()
-
-
-@torch.no_grad()
-def next_token_loss(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean next-token cross-entropy (nats) of [batch, pos] ``ids`` where ``mask`` [batch, pos-1]."""
-    logits = logits_of(model, ids)[:, :-1]
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-    m = mask.reshape(-1)
-    return float(nll[m].mean())
-
-
-@torch.no_grad()
-def ce_with_replacement(model: nn.Module, batches, layer: int, fn) -> dict:
-    """Clean, spliced (resid -> ``fn(resid)``) and zero-ablated (resid -> 0) CE loss in nats.
-
-    ``batches`` is a list of (ids [batch, pos] int64, mask [batch, pos-1] bool).
-    """
-    def mean_loss():
-        return sum(next_token_loss(model, ids, m) * int(m.sum()) for ids, m in batches) / sum(
-            int(m.sum()) for _, m in batches)
-
-    clean = mean_loss()
-    with patch_resid(model, layer, fn):
-        spliced = mean_loss()
-    with patch_resid(model, layer, torch.zeros_like):
-        zero = mean_loss()
-    return {"clean": clean, "spliced": spliced, "zero_ablated": zero}

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from . import corpus, models, store
+from . import corpus, models, store, zoo
 from .sae import SAE
 from .train_sae import ce_loss_recovered, train_sae
 
@@ -18,21 +17,21 @@ from .train_sae import ce_loss_recovered, train_sae
 TRAINER_KEYS = ("expansion", "l1", "lr", "lr_decay", "batch_size", "buffer_tokens", "checkpoint_every")
 
 
-def eval_batches(eval_set: str, windows: int, batch: int = 8):
-    """The first ``windows`` windows of the eval token set as (ids, mask) batches for CE."""
+def ce_losses(model, eval_set: str, layer: int, fn, windows: int) -> dict:
+    """Clean, spliced (resid -> ``fn(resid)``) and zero-ablated (resid -> 0) CE loss in nats,
+    over the first ``windows`` windows of the eval token set."""
     tokens = corpus.TokenSet(eval_set)
-    out = []
-    for lo in range(0, min(windows, len(tokens)), batch):
-        wins = range(lo, min(lo + batch, windows, len(tokens)))
-        length = int(max(tokens.lengths()[w] for w in wins))
-        ids = np.full((len(wins), length), tokens.bos_id, dtype=np.int64)
-        mask = np.zeros((len(wins), length - 1), dtype=bool)
-        for i, w in enumerate(wins):
-            win = tokens.window(w)
-            ids[i, : len(win)] = win
-            mask[i, : len(win) - 1] = True
-        out.append((torch.from_numpy(ids), torch.from_numpy(mask)))
-    return out
+    max_len = int(tokens.attrs["max_len"])
+
+    def loss():
+        return zoo.eval_loss(model, tokens, max_len, batch=8, max_windows=windows)
+
+    clean = loss()
+    with models.patch_resid(model, layer, fn):
+        spliced = loss()
+    with models.patch_resid(model, layer, torch.zeros_like):
+        zero = loss()
+    return {"clean": clean, "spliced": spliced, "zero_ablated": zero}
 
 
 def train_and_evaluate(model_name, site, layer, seed, acts_path, model_dir, eval_set, options, out, threads):
@@ -48,8 +47,7 @@ def train_and_evaluate(model_name, site, layer, seed, acts_path, model_dir, eval
     if site == "resid" and options.get("ce_windows", 0) > 0:
         lm = models.load_model(model_dir)
         sae = SAE.load(out)
-        ce = models.ce_with_replacement(lm, eval_batches(eval_set, options["ce_windows"]), layer,
-                                        lambda x: sae(x.float())[0].to(x.dtype))
+        ce = ce_losses(lm, eval_set, layer, lambda x: sae(x.float())[0].to(x.dtype), options["ce_windows"])
         ce["recovered"] = ce_loss_recovered(ce["clean"], ce["spliced"], ce["zero_ablated"])
         metrics["ce_loss"] = ce
         metrics["ce_loss_recovered"] = ce["recovered"]

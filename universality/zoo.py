@@ -45,12 +45,10 @@ def synthetic_repeats(rng: np.random.Generator, n: int, max_len: int, vocab: int
 
 def natural_rows(tokens: corpus.TokenSet, rows: np.ndarray, max_len: int):
     """Windows of the token set padded to ``max_len`` (pad = BOS, unscored)."""
-    ids = np.full((len(rows), max_len), tokens.bos_id, dtype=np.int64)
+    ids = tokens.padded(rows, max_len)
     labels = np.full((len(rows), max_len), IGNORE, dtype=np.int64)
-    for i, w in enumerate(rows):
-        win = tokens.window(int(w))
-        ids[i, : len(win)] = win
-        labels[i, : len(win) - 1] = win[1:]
+    for i, n in enumerate(tokens.lengths()[np.asarray(rows, dtype=np.int64)]):
+        labels[i, : n - 1] = ids[i, 1:n]
     return ids, labels
 
 
@@ -124,11 +122,14 @@ def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: in
 
 
 @torch.no_grad()
-def eval_loss(model, tokens: corpus.TokenSet, max_len: int, max_tokens: int, batch: int = 16) -> float:
-    """Mean next-token loss (nats) on the first ``max_tokens`` tokens of the token set's windows."""
+def eval_loss(model, tokens: corpus.TokenSet, max_len: int, max_tokens: int | None = None,
+              batch: int = 16, max_windows: int | None = None) -> float:
+    """Mean next-token loss (nats) over the token set's first windows, in order, until
+    ``max_tokens`` scored tokens are reached (whole batches) or ``max_windows`` windows are read."""
     total, count, w = 0.0, 0, 0
-    while count < max_tokens and w < len(tokens):
-        rows = np.arange(w, min(w + batch, len(tokens)))
+    last = min(len(tokens), max_windows or len(tokens))
+    while (max_tokens is None or count < max_tokens) and w < last:
+        rows = np.arange(w, min(w + batch, last))
         w = rows[-1] + 1
         ids, labels = natural_rows(tokens, rows, max_len)
         logits = models.logits_of(model, torch.from_numpy(ids))
