@@ -16,9 +16,12 @@ if not workflow.overwrite_configfiles:
 include: "rules/common.smk"
 include: "rules/corpus.smk"
 include: "rules/models.smk"
+include: "rules/hub.smk"
 include: "rules/activations.smk"
 include: "rules/saes.smk"
 include: "rules/mppc.smk"
+include: "rules/circuits.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -11,7 +11,8 @@ with batch but quadratically with length, so only the batch is reduced.
     python benchmarks/mamba_train.py            # defaults: < 2 minutes on 2 CPU cores
     python benchmarks/mamba_train.py --steps 10 --hf-batch 16
 
-Prints tokens/s per model and the ratios ours/NeoX (goal >= 0.5) and ours/transformers.
+Prints tokens/s per model and the ratios ours/NeoX (goal >= 0.5), ours/transformers and ours
+with the C scan kernel vs ours with the torch fallback scan ("ours-torchscan").
 
 On a shared, busy machine torch's OpenMP threads spin-wait at every op's barrier; measured on
 the 2-core dev box, 2-thread steps then took 4-7x longer (process CPU time ~= wall time) than
@@ -21,6 +22,8 @@ the 2-core dev box, 2-thread steps then took 4-7x longer (process CPU time ~= wa
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import os
 import statistics
 import time
@@ -73,8 +76,8 @@ def n_params(model) -> int:
 class Trainer:
     """One model + AdamW; ``step()`` runs forward + backward + optimizer step, returns seconds."""
 
-    def __init__(self, name, model, batch, seq, vocab, seed):
-        self.name, self.model = name, model.train()
+    def __init__(self, name, model, batch, seq, vocab, seed, context=contextlib.nullcontext):
+        self.name, self.model, self.context = name, model.train(), context
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         g = torch.Generator().manual_seed(seed)
         self.ids = torch.randint(0, vocab, (batch, seq), generator=g)
@@ -84,12 +87,13 @@ class Trainer:
     def step(self, record: bool = True) -> float:
         t = time.perf_counter()
         c = time.process_time()
-        out = self.model(self.ids)
-        logits = out if isinstance(out, torch.Tensor) else out.logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), self.ids[:, 1:].flatten())
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        with self.context():
+            out = self.model(self.ids)
+            logits = out if isinstance(out, torch.Tensor) else out.logits
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), self.ids[:, 1:].flatten())
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
         dt = time.perf_counter() - t
         if record:
             self.times.append(dt)
@@ -127,8 +131,20 @@ def main(argv=None):
     print(f"params: MambaLM {n_params(ours):,} (d_model 128, 8 layers, d_state 16, expand 2); "
           f"GPT-NeoX {n_params(neox):,} (d_model 128, 4 layers, 4 heads, d_mlp 512)")
 
+    @contextlib.contextmanager
+    def torch_scan():
+        """Our MambaLM with the scan's torch fallback instead of the C kernel."""
+        native, scan._native = scan._native, lambda: None
+        try:
+            yield
+        finally:
+            scan._native = native
+
+    print(f"C scan kernel: {'built' if scan._native() is not None else 'NOT available'}")
     fast = [Trainer("ours", ours, args.batch, args.seq, args.vocab, args.seed),
-            Trainer("neox", neox, args.batch, args.seq, args.vocab, args.seed)]
+            Trainer("neox", neox, args.batch, args.seq, args.vocab, args.seed),
+            Trainer("ours-torchscan", copy.deepcopy(ours), args.batch, args.seq, args.vocab,
+                    args.seed, torch_scan)]
     for _ in range(args.warmup):
         for tr in fast:
             tr.step(record=False)
@@ -137,7 +153,7 @@ def main(argv=None):
             tr.step()
     ours_tps, neox_tps = fast[0].tokens_per_s(), fast[1].tokens_per_s()
     for tr in fast:
-        print(f"{tr.name:>13}: {tr.tokens_per_s():9.1f} tokens/s  (median step "
+        print(f"{tr.name:>14}: {tr.tokens_per_s():9.1f} tokens/s  (median step "
               f"{statistics.median(tr.times):.3f} s, min {min(tr.times):.3f} s, "
               f"process CPU {statistics.median(tr.cpu_times):.3f} s, {len(tr.times)} steps)")
 
@@ -150,7 +166,7 @@ def main(argv=None):
         for _ in range(args.hf_steps):
             ref.step()
         hf_tps = ref.tokens_per_s()
-        print(f"{'transformers':>13}: {hf_tps:9.1f} tokens/s  (median step "
+        print(f"{'transformers':>14}: {hf_tps:9.1f} tokens/s  (median step "
               f"{statistics.median(ref.times):.3f} s, batch {args.hf_batch} x {hf_seq}, "
               f"{len(ref.times)} steps; slow reference path)")
 
@@ -159,6 +175,7 @@ def main(argv=None):
     print(f"ratio ours/NeoX         = {ours_tps / neox_tps:.3f}   (goal >= 0.5; from median steps)")
     print(f"ratio ours/NeoX (best)  = {fast[0].tokens_per_s(True) / fast[1].tokens_per_s(True):.3f}"
           f"   (from the fastest step of each)")
+    print(f"ratio ours/ours-torchscan = {ours_tps / fast[2].tokens_per_s():.2f}   (the C scan kernel's gain)")
     if hf_tps:
         print(f"ratio ours/transformers = {ours_tps / hf_tps:.1f}")
 

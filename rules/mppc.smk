@@ -7,6 +7,7 @@ rule features:
         manifest=R("features", "{model}", "{site}", "L{layer}", "seed{seed}.json"),
     params:
         chunk_rows=config["pearson"]["feature_chunk_rows"],
+        backend=config["backend"],  # torch device of the encoder
     log:
         R("logs", "features", "{model}", "{site}", "L{layer}", "seed{seed}.log"),
     threads: 1

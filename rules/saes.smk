@@ -7,6 +7,7 @@ rule train_sae:
         out=directory(R("saes", "{model}", "{site}", "L{layer}", "seed{seed}")),
     params:
         options=sae_params,
+        backend=config["backend"],  # torch device of training, evaluation and CE loss
     log:
         R("logs", "train_sae", "{model}", "{site}", "L{layer}", "seed{seed}.log"),
     # One thread per SAE and two SAEs at once beat two threads per SAE on two cores.

@@ -7,6 +7,7 @@ from universality.cli import entry
 import torch
 
 from universality import activations, store
+from universality.device import BACKENDS, torch_device
 
 
 @click.command()
@@ -20,13 +21,14 @@ from universality import activations, store
 @click.option("--out", required=True, type=click.Path())
 @click.option("--manifest", required=True, type=click.Path(dir_okay=False))
 @click.option("--threads", default=1, type=int)
-def main(model, model_dir, site, layers, sae_set, eval_set, options, out, manifest, threads):
+@click.option("--backend", default="auto", type=click.Choice(BACKENDS), help="torch device: auto|cpu|cuda")
+def main(model, model_dir, site, layers, sae_set, eval_set, options, out, manifest, threads, backend):
     torch.set_num_threads(threads)
     opts = json.loads(options)
     info = activations.collect(
         model_dir, {"sae": sae_set, "eval": eval_set}, site, [int(x) for x in layers.split(",")],
         opts["sae_tokens"], opts["eval_tokens"], out, model_name=model, dtype=opts["dtype"],
-        batch_size=opts["batch_size"], chunk_rows=opts["chunk_rows"],
+        batch_size=opts["batch_size"], chunk_rows=opts["chunk_rows"], device=torch_device(backend),
     )
     store.write_json(manifest, info)
     click.echo(f"{model}/{site}: {len(info['layers'])} layers written to {out}")

@@ -6,6 +6,7 @@ import click
 
 from universality.cli import entry
 from universality import features, store
+from universality.device import BACKENDS, torch_device
 
 
 @click.command()
@@ -18,8 +19,10 @@ from universality import features, store
 @click.option("--chunk-rows", default=8192, type=int)
 @click.option("--out", required=True, type=click.Path())
 @click.option("--manifest", required=True, type=click.Path(dir_okay=False))
-def main(model, site, layer, seed, sae, acts_dir, chunk_rows, out, manifest):
+@click.option("--backend", default="auto", type=click.Choice(BACKENDS), help="torch device: auto|cpu|cuda")
+def main(model, site, layer, seed, sae, acts_dir, chunk_rows, out, manifest, backend):
     info = features.encode(sae, str(Path(acts_dir) / f"L{layer}.zarr"), out, chunk_rows=chunk_rows,
+                           device=torch_device(backend),
                            attrs={"model": model, "site": site, "layer": layer, "seed": seed})
     store.write_json(manifest, info)
     click.echo(json.dumps(info, indent=2))

@@ -1,11 +1,12 @@
 """Train the shared byte-level BPE of the toy zoo, or export a hub model's own tokenizer."""
 import json
+from pathlib import Path
 
 import click
 
 from universality.cli import entry
 
-from universality import corpus
+from universality import corpus, hub
 
 
 @click.command()
@@ -15,7 +16,11 @@ from universality import corpus
 def main(tokenizer, documents, out):
     cfg = json.loads(tokenizer)
     if cfg["type"] == "hub":
-        corpus.hub_tokenizer(cfg["hub_model"], out)
+        # A local folder, else the cached hub repository at its pinned revision (offline).
+        source = cfg["hub_model"]
+        if not Path(source).is_dir():
+            source = str(hub.snapshot(source, cfg.get("revision") or "main")[0])
+        corpus.hub_tokenizer(source, out)
     else:
         corpus.train_tokenizer(documents, cfg["vocab_size"], out)
     click.echo(f"tokenizer written to {out}")

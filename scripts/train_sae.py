@@ -7,6 +7,7 @@ import torch
 
 from universality.cli import entry
 from universality import saes
+from universality.device import BACKENDS, torch_device
 
 
 @click.command()
@@ -20,11 +21,12 @@ from universality import saes
 @click.option("--options", required=True, help="the SAE options of this (model, layer) as JSON")
 @click.option("--out", required=True, type=click.Path())
 @click.option("--threads", default=1, type=int)
-def main(model, site, layer, seed, acts_dir, model_dir, eval_set, options, out, threads):
+@click.option("--backend", default="auto", type=click.Choice(BACKENDS), help="torch device: auto|cpu|cuda")
+def main(model, site, layer, seed, acts_dir, model_dir, eval_set, options, out, threads, backend):
     torch.set_num_threads(threads)
     metrics = saes.train_and_evaluate(
         model, site, layer, seed, Path(acts_dir) / f"L{layer}.zarr", model_dir, eval_set,
-        json.loads(options), out, threads,
+        json.loads(options), out, threads, device=torch_device(backend),
     )
     click.echo(json.dumps(metrics, indent=2))
 

@@ -3,21 +3,13 @@ import pytest
 import torch
 
 from universality import activations, corpus, models, store
+from conftest import make_tokens as _make_tokens
 
 VOCAB, MAX_LEN = 50, 24
 
 
 def make_tokens(path, n_windows, seed):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(5, MAX_LEN + 1, n_windows)
-    wins = [np.r_[0, rng.integers(1, VOCAB, n - 1)] for n in lengths]
-    import zarr
-
-    g = zarr.open_group(str(path), mode="w", attributes={"bos_id": 0, "split": "x", "sha256": f"s{seed}",
-                                                            "max_len": MAX_LEN, "vocab_size": VOCAB})
-    g.create_array("ids", data=np.concatenate(wins).astype(np.int32), chunks=(64,))
-    g.create_array("offsets", data=np.r_[0, np.cumsum(lengths)].astype(np.int64), chunks=(64,))
-    return str(path)
+    return _make_tokens(path, n_windows, seed, VOCAB, MAX_LEN)
 
 
 def test_token_rows_reference(tmp_path):

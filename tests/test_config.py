@@ -88,3 +88,19 @@ def test_as_param_is_order_independent():
     from universality.config import as_param
 
     assert as_param({"b": 1, "a": [1, 2]}) == as_param(json.loads('{"a": [1, 2], "b": 1}'))
+
+
+def test_model_training_overrides_apply_to_that_model_only():
+    from universality.config import model_training
+
+    raw = base()
+    raw["training"] = {"lr": 1e-3}
+    raw["models"]["mamba"]["training"] = {"induction_warmup_steps": 900, "induction_warmup_len": 32}
+    cfg = validate(raw)
+    mamba, neox = model_training(cfg, "mamba"), model_training(cfg, "neox")
+    assert mamba["induction_warmup_steps"] == 900 and mamba["induction_warmup_len"] == 32
+    assert mamba["lr"] == 1e-3  # the global value where the model has none
+    assert neox == cfg["training"] and neox["induction_warmup_len"] is None
+    raw["models"]["mamba"]["training"] = {"lr_typo": 1}
+    with pytest.raises(ConfigError, match="lr_typo"):
+        validate(raw)

@@ -138,7 +138,7 @@ def test_hook_names_shapes_and_identity(pair):
               "hook_conv_in": (b, p, di), "hook_gate_in": (b, p, di), "hook_ssm_in": (b, p, di),
               "hook_delta": (b, p, di), "hook_B": (b, p, n), "hook_C": (b, p, n),
               "hook_state": (b, p, di, n), "hook_ssm_out": (b, p, di), "hook_gate": (b, p, di),
-              "hook_out": (b, p, dm)}
+              "hook_gated": (b, p, di), "hook_out": (b, p, dm)}
     for name, t in cache.items():
         assert tuple(t.shape) == expect[name.rsplit(".", 1)[1]], name
     # identity hooks (returning None or the tensor itself) leave the logits unchanged
@@ -161,6 +161,15 @@ def test_ssm_in_is_silu_of_causal_conv(pair):
     mix = "blocks.1.mixer."
     torch.testing.assert_close(cache[mix + "hook_ssm_in"], F.silu(manual), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(cache[mix + "hook_gate"], F.silu(cache[mix + "hook_gate_in"]))
+
+
+def test_gated_output_feeds_out_proj(pair):
+    _, ours = pair
+    mix = "blocks.1.mixer."
+    _, cache = run_with_cache(ours, ids(), [mix + h for h in ("hook_ssm_out", "hook_gate", "hook_gated", "hook_out")])
+    torch.testing.assert_close(cache[mix + "hook_gated"], cache[mix + "hook_ssm_out"] * cache[mix + "hook_gate"])
+    out_proj = ours.backbone.layers[1].mixer.out_proj
+    torch.testing.assert_close(cache[mix + "hook_out"], out_proj(cache[mix + "hook_gated"]), rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_hook_name_raises(pair):

@@ -6,16 +6,9 @@ import sys
 
 import pytest
 import yaml
+from conftest import snakemake  # the micro fixture is session-wide, in conftest.py
 
 pytestmark = pytest.mark.slow
-
-
-def snakemake(repo, workdir, *args, check=True):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir), *args]
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
-    return proc
 
 
 def planned_jobs(repo, workdir, configfile):
@@ -33,15 +26,6 @@ def planned_jobs(repo, workdir, configfile):
         if m.group(1) != "total":
             counts[m.group(1)] = int(m.group(2))
     return counts
-
-
-@pytest.fixture(scope="module")
-def micro(repo, tmp_path_factory):
-    work = tmp_path_factory.mktemp("micro")
-    config = work / "micro.yaml"
-    config.write_text((repo / "presets" / "micro.yaml").read_text())
-    snakemake(repo, work, "--cores", "2", "--configfile", str(config))
-    return work, config, yaml.safe_load(config.read_text())
 
 
 def test_micro_pipeline_outputs(micro):
@@ -76,6 +60,17 @@ def test_nothing_to_do_after_a_run(repo, micro):
     assert planned_jobs(repo, work, config) == {}
 
 
+def report_jobs(cfg, touched, models):
+    """The report's jobs that rerun when the comparisons ``touched`` and the SAEs of ``models`` change."""
+    from universality.config import report_plan, validate
+
+    plan = report_plan(validate(cfg))
+    jobs = {"report_figures": 1, "report_page": 1,
+            "report_cards": len(set(plan["cards"]) & set(touched)),
+            "report_complexity": sum(m in models for m, _ in plan["complexity"])}
+    return {k: v for k, v in jobs.items() if v}
+
+
 def test_changing_one_seed_reruns_that_model_only(repo, micro, tmp_path):
     work, _, cfg = micro
     cfg = copy.deepcopy(cfg)
@@ -89,7 +84,8 @@ def test_changing_one_seed_reruns_that_model_only(repo, micro, tmp_path):
     pairs = sum(cfg["models"][c["a"]]["n_layers"] * cfg["models"][c["b"]]["n_layers"] for c in touched.values())
     assert touched and planned_jobs(repo, work, changed) == {
         "train_model": 1, "activations": n_sites, "train_sae": layers, "features": layers,
-        "pearson_pair": pairs, "mppc": len(touched), "all": 1}
+        "pearson_pair": pairs, "mppc": len(touched), "all": 1, **report_jobs(cfg, touched, ["neox-s1"]),
+        "circuits_heads": 1, "circuits_summary": 1}  # issue 6: neox-s1's heads, then the summary
     out = snakemake(repo, work, "-n", "--configfile", str(changed)).stdout
     assert "wildcards: model=neox-s1" in out and "model=neox-s0" not in out and "model=mamba-s0" not in out
 
@@ -104,7 +100,8 @@ def test_changing_l1_of_one_mamba_layer_reruns_its_descendants_only(repo, micro,
     # the SAE, its features, one layer pair per A layer of each comparison reading it, the reductions
     pairs = sum(cfg["models"][c["a"]]["n_layers"] for c in touched.values())
     assert planned_jobs(repo, work, changed) == {
-        "train_sae": 1, "features": 1, "pearson_pair": pairs, "mppc": len(touched), "all": 1}
+        "train_sae": 1, "features": 1, "pearson_pair": pairs, "mppc": len(touched), "all": 1,
+        **report_jobs(cfg, touched, ["mamba-s0"])}
     out = snakemake(repo, work, "-n", "--configfile", str(changed)).stdout
     assert re.search(r"wildcards: model=mamba-s0, site=resid, layer=1, seed=0", out), out
 
@@ -112,3 +109,24 @@ def test_changing_l1_of_one_mamba_layer_reruns_its_descendants_only(repo, micro,
 def test_lint_is_clean(repo):
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=repo, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_micro_circuits_outputs(micro):
+    """issue 6: every analysed model has its tables, the summary states the findings and figures."""
+    import json
+
+    import pandas as pd
+
+    work, _, cfg = micro
+    root = work / cfg["results"] / "circuits"
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["primary"] == {"mamba": "mamba-s0", "gpt_neox": "neox-s0"}
+    assert set(summary["gpt_neox"]) == {"neox-s0", "neox-s1"} and len(summary["findings"]) == 3
+    state = pd.read_csv(root / "mamba-s0" / "state.csv")
+    assert sorted(state.distance.unique()) == cfg["circuits"]["distances"]
+    assert sorted(state.layer.unique()) == list(range(cfg["models"]["mamba-s0"]["n_layers"]))
+    assert summary["mamba"]["mamba-s0"]["key_layer"] in set(state.layer)
+    heads = pd.read_csv(root / "neox-s0" / "head_patching.csv")
+    assert len(heads) == len(cfg["circuits"]["distances"]) * 2 * cfg["models"]["neox-s0"]["n_heads"] * 2
+    for fig in summary["figures"]:
+        assert (work / fig["path"]).stat().st_size > 10_000 and fig["caption"]

@@ -122,3 +122,25 @@ def test_eval_loss_windows_and_resid_patch(arch):
     with models.patch_resid(model, 0, torch.zeros_like):
         assert zoo.eval_loss(model, tokens, 32, max_windows=5) != pytest.approx(clean, rel=1e-3)
     assert zoo.eval_loss(model, tokens, 32, max_windows=5) == clean  # the patch is gone
+
+
+def test_warmup_rows_and_length_of_a_models_own_recipe(monkeypatch):
+    calls = []
+    real = zoo.synthetic_repeats
+
+    def spy(rng, n, max_len, vocab, bos):
+        calls.append((n, max_len))
+        return real(rng, n, max_len, vocab, bos)
+
+    monkeypatch.setattr(zoo, "synthetic_repeats", spy)
+    spec = {"arch": "gpt_neox", "seed": 0, "d_model": 16, "n_layers": 1, "n_heads": 2,
+            "train_tokens": 2 * 4 * 32}
+    training = {"batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "weight_decay": 0.0,
+                "induction_rows": 3, "induction_len": 32, "induction_warmup_steps": 2,
+                "induction_warmup_len": 16, "induction_warmup_rows": 5}
+    zoo.train(spec, training, FakeTokens(10, 32, 40), 32, 40)
+    assert calls == [(5, 16), (5, 16), (3, 32), (3, 32)]  # 2 warm-up steps, then 2 text steps
+    calls.clear()
+    zoo.train(spec, {**training, "induction_warmup_len": None, "induction_warmup_rows": None},
+              FakeTokens(10, 32, 40), 32, 40)
+    assert calls == [(3, 32)] * 4  # defaults: the text phase's rows and length

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from . import corpus, models, store
+from .device import as_device
 
 
 def token_rows(tokens: corpus.TokenSet, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,12 +61,16 @@ def collect(
     dtype: str = "float16",
     batch_size: int = 32,
     chunk_rows: int = store.DEFAULT_CHUNK_ROWS,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Write ``out_dir/L{layer}.zarr`` ([rows, D] ``dtype``) for every layer in one forward pass.
 
-    ``tokens_by_segment`` maps ``sae``/``eval`` to token-set paths. Returns the manifest.
+    ``tokens_by_segment`` maps ``sae``/``eval`` to token-set paths. The forward runs on
+    ``device`` (see :mod:`universality.device`); only the kept rows come back to the CPU.
+    Returns the manifest.
     """
-    model = models.load_model(model_dir)
+    device = as_device(device)
+    model = models.load_model(model_dir).to(device)
     width = models.site_width(model, site)
     plan = _segment_plan(site, n_sae, n_eval)
     n_rows = sum(n for _, n in plan)
@@ -93,13 +98,14 @@ def collect(
                 wins = all_wins[lo : lo + batch_size]
                 ids = tokens.padded(wins, int(tokens.lengths()[wins].max()))
                 with models.capture(model, sites) as cache:
-                    models.logits_of(model, torch.from_numpy(ids))
+                    models.logits_of(model, torch.from_numpy(ids).to(device))
                 # Rows of this batch in token_rows order: window-major, then position.
                 sel = np.isin(win, wins)
-                row_win = np.searchsorted(wins, win[sel])
-                row_pos = pos[sel]
+                row_win = torch.from_numpy(np.searchsorted(wins, win[sel])).to(device)
+                row_pos = torch.from_numpy(pos[sel]).to(device)
                 for layer in layers:
-                    acts = cache[(site, layer)][row_win, row_pos].float().numpy()
+                    # select on the device, copy only the kept rows
+                    acts = cache[(site, layer)][row_win, row_pos].float().cpu().numpy()
                     writers[layer].append(acts)
                 bar.update(int(sel.sum()))
         bar.close()

@@ -68,11 +68,35 @@ def validate(config: dict, schema: dict | None = None) -> dict:
     _check_corpus(config)
     _check_saes(config)
     _check_comparisons(config)
+    _check_report(config)
+    _check_circuits(config)
     return config
+
+
+def _apply_config_json(name: str, m: dict) -> None:
+    """Fill ``d_model``/``n_layers`` of a hub model from its pinned local config.json (no weights)."""
+    path = Path(m["config_json"])
+    if not path.is_file():
+        raise ConfigError(f"models.{name}.config_json: no such file {path}")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"models.{name}.config_json: {path} is not valid JSON ({e.msg})") from None
+    if hf.get("model_type") != m["arch"]:
+        raise ConfigError(f"models.{name}.arch: {m['arch']!r}, but {path} is a {hf.get('model_type')!r} config")
+    for key, hf_key in (("d_model", "hidden_size"), ("n_layers", "num_hidden_layers")):
+        if hf_key not in hf:
+            raise ConfigError(f"models.{name}.config_json: {path} has no {hf_key!r}")
+        if m.get(key) is None:
+            m[key] = hf[hf_key]
+        elif m[key] != hf[hf_key]:
+            raise ConfigError(f"models.{name}.{key}: {m[key]}, but {path} says {hf_key} = {hf[hf_key]}")
 
 
 def _check_models(config: dict) -> None:
     for name, m in config["models"].items():
+        if m["source"] == "hub" and m.get("config_json"):
+            _apply_config_json(name, m)
         required = REQUIRED_HUB_FIELDS if m["source"] == "hub" else REQUIRED_FIELDS[m["arch"]]
         missing = [f for f in required if m.get(f) is None]
         if missing:
@@ -162,6 +186,12 @@ def load_config(config: dict) -> dict:
     return validate(config)
 
 
+def model_training(config: dict, model: str) -> dict:
+    """The training recipe of one model: the `training` section with the model's own
+    `training:` overrides applied (so changing one model's recipe reruns only that model)."""
+    return {**config["training"], **(config["models"][model].get("training") or {})}
+
+
 def model_layers(config: dict, model: str) -> list[int]:
     """Layers of ``model`` whose activations are stored (all unless ``layers`` is given)."""
     m = config["models"][model]
@@ -171,3 +201,99 @@ def model_layers(config: dict, model: str) -> list[int]:
 def as_param(obj: Any) -> str:
     """A canonical JSON string for Snakemake ``params`` (repr-stable, key order fixed)."""
     return json.dumps(obj, sort_keys=True)
+
+
+# --- report (issue 5): which comparison plays which role in the report ---
+
+
+def _same_a(x: dict, y: dict) -> bool:
+    return (x["kind"], x["a"], x["seed_a"]) == (y["kind"], y["a"], y["seed_a"])
+
+
+def report_plan(config: dict) -> dict:
+    """Roles of the comparisons in the report, from ``report`` keys or inferred from the config.
+
+    Returns ``{"main": [names with shift 0], "nulls": [shift > 0], "chance": {main: null or None},
+    "difference": [cross, skyline] or None, "cards": [names], "complexity": [[model, seed], ...]}``.
+    A comparison's chance level is the null with its kind, A and B (else the first with its A).
+    """
+    comps, r = config["comparisons"], config["report"]
+    main = [k for k, c in comps.items() if c["shift"] == 0]
+    nulls = [k for k, c in comps.items() if c["shift"] > 0]
+    key = lambda c: (c["kind"], c["a"], c["b"], c["seed_a"], c["seed_b"])
+    chance = {}
+    for k in main:
+        exact = [n for n in nulls if key(comps[n]) == key(comps[k])]
+        near = [n for n in nulls if _same_a(comps[n], comps[k])]
+        chance[k] = (exact + near + [None])[0]
+    difference = r["difference"]
+    if difference is None:
+        arch = lambda m: config["models"][m]["arch"]
+        sae = [k for k in main if comps[k]["kind"] == "sae"]
+        cross = [k for k in sae if arch(comps[k]["a"]) != arch(comps[k]["b"])]
+        for c in cross:
+            skyline = [k for k in sae if _same_a(comps[k], comps[c]) and comps[k]["b"] != comps[k]["a"]
+                       and arch(comps[k]["b"]) == arch(comps[k]["a"])]
+            if skyline:
+                difference = [c, skyline[0]]
+                break
+    cards = r["cards"]
+    if cards is None:
+        first_sae = [k for k in main if comps[k]["kind"] == "sae"][:1]
+        cards = [difference[0]] if difference else first_sae
+    complexity = sorted({(comps[k]["a"], comps[k]["seed_a"]) for k in main if comps[k]["kind"] == "sae"})
+    figures = ["distributions"] + (["difference"] if difference else []) + ["depth", "layer_groups",
+                                                                           "forward_reverse"]
+    figures += ["complexity"] if complexity else []
+    return {"main": main, "nulls": nulls, "chance": chance, "difference": difference,
+            "cards": list(cards), "complexity": [list(x) for x in complexity], "figures": figures}
+
+
+def _check_report(config: dict) -> None:
+    comps, r = config["comparisons"], config["report"]
+    for i, name in enumerate(r["difference"] or []):
+        if name not in comps:
+            raise ConfigError(f"report.difference[{i}]: no comparison {name!r} in `comparisons`")
+        if comps[name]["shift"]:
+            raise ConfigError(f"report.difference[{i}]: {name!r} is a permutation null (shift > 0)")
+    if r["difference"] and not _same_a(*(comps[n] for n in r["difference"])):
+        raise ConfigError(f"report.difference: {r['difference']} do not share A (kind, a, seed_a), "
+                          "so their features cannot be paired")
+    for i, name in enumerate(r["cards"] or []):
+        if name not in comps:
+            raise ConfigError(f"report.cards[{i}]: no comparison {name!r} in `comparisons`")
+        if comps[name]["kind"] != "sae":
+            raise ConfigError(f"report.cards[{i}]: {name!r} is a {comps[name]['kind']} comparison; cards need SAE features")
+    bins = r["card_bins"]
+    if any(b >= c for b, c in zip(bins, bins[1:])):
+        raise ConfigError(f"report.card_bins: {bins} is not strictly increasing")
+
+
+# --- circuits (issue 6): which models are analysed, and whether the prompts fit ---
+CIRCUIT_ARCHS = ("gpt_neox", "mamba")
+
+
+def circuit_models(config: dict) -> dict[str, list[str]]:
+    """``{"mamba": [...], "gpt_neox": [...]}``: the models the circuit rules analyse."""
+    names = config["circuits"]["models"]
+    if names is None:
+        names = [m for m, spec in config["models"].items() if spec["arch"] in CIRCUIT_ARCHS]
+    return {arch: [m for m in names if config["models"][m]["arch"] == arch] for arch in CIRCUIT_ARCHS}
+
+
+def _check_circuits(config: dict) -> None:
+    c = config["circuits"]
+    for i, name in enumerate(c["models"] or []):
+        if name not in config["models"]:
+            raise ConfigError(f"circuits.models[{i}]: no model {name!r} in `models`")
+        if config["models"][name]["arch"] not in CIRCUIT_ARCHS:
+            raise ConfigError(f"circuits.models[{i}]: {name!r} is {config['models'][name]['arch']}; "
+                              f"circuits support {list(CIRCUIT_ARCHS)}")
+    max_len = config["tokenizer"]["max_len"]
+    for i, d in enumerate(c["distances"]):
+        if d + 6 > max_len:  # BOS + 4 prefix tokens + A1..A2 (universality.circuits.prompt_length)
+            raise ConfigError(f"circuits.distances[{i}]: a distance-{d} prompt has {d + 6} tokens, "
+                              f"more than tokenizer.max_len = {max_len}")
+    if 2 * c["score_length"] + 1 > max_len:
+        raise ConfigError(f"circuits.score_length: [BOS] R R rows of {2 * c['score_length'] + 1} tokens "
+                          f"exceed tokenizer.max_len = {max_len}")

@@ -17,6 +17,7 @@ import zarr
 from tqdm import tqdm
 
 from . import store
+from .device import as_device
 from .sae import SAE
 
 NNZ_CHUNK = 1 << 20
@@ -29,9 +30,15 @@ def eval_range(array) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def encode(sae_dir: str, acts_path: str, out: str, *, chunk_rows: int = 8192, attrs: dict | None = None) -> dict:
-    """Encode the eval rows of ``acts_path`` with the SAE in ``sae_dir`` into a CSR store ``out``."""
-    sae = SAE.load(sae_dir)
+def encode(sae_dir: str, acts_path: str, out: str, *, chunk_rows: int = 8192, attrs: dict | None = None,
+           device: str | torch.device = "cpu") -> dict:
+    """Encode the eval rows of ``acts_path`` with the SAE in ``sae_dir`` into a CSR store ``out``.
+
+    The encoder runs on ``device`` (see :mod:`universality.device`); each chunk's dense
+    ``[chunk_rows, F]`` activations come back to the CPU to be made sparse.
+    """
+    device = as_device(device)
+    sae = SAE.load(sae_dir, device=device)
     acts = store.open_array(acts_path)
     lo, hi = eval_range(acts)
     n, f = hi - lo, sae.W_enc.shape[1]
@@ -46,7 +53,7 @@ def encode(sae_dir: str, acts_path: str, out: str, *, chunk_rows: int = 8192, at
         nnz = 0
         for start in tqdm(range(lo, hi, chunk_rows), desc="features", unit="chunk", mininterval=5):
             x = torch.from_numpy(np.asarray(acts[start : min(start + chunk_rows, hi)], dtype=np.float32))
-            csr = sp.csr_matrix(sae.encode(x).numpy())
+            csr = sp.csr_matrix(sae.encode(x.to(device)).cpu().numpy())
             r0 = start - lo
             indptr[r0 + 1 : r0 + 1 + csr.shape[0]] = nnz + csr.indptr[1:]
             nnz += csr.nnz

@@ -18,6 +18,7 @@ hook sites (``universality.hooks``):
     blocks.{l}.mixer.hook_state     h_t at every position                [batch, pos, d_inner, d_state]
     blocks.{l}.mixer.hook_ssm_out   y = <h_t, C_t> + D * c, before gating [batch, pos, d_inner]
     blocks.{l}.mixer.hook_gate      SiLU(z)                               [batch, pos, d_inner]
+    blocks.{l}.mixer.hook_gated     gated output y * SiLU(z), out_proj input [batch, pos, d_inner]
     blocks.{l}.mixer.hook_out       out_proj(y * SiLU(z))                [batch, pos, d_model]
 
 Hooks on ``hook_delta``/``hook_B``/``hook_C``/``hook_ssm_in`` feed the scan, so a replaced value
@@ -60,7 +61,7 @@ __all__ = ["MambaLM", "MambaBlock", "MambaMixer", "RMSNorm", "CausalConvSiLU", "
 
 #: Hook names inside a mixer (prefix ``blocks.{l}.mixer.``) and a block (prefix ``blocks.{l}.``).
 MIXER_HOOKS = ("hook_conv_in", "hook_gate_in", "hook_ssm_in", "hook_delta", "hook_B", "hook_C",
-               "hook_state", "hook_ssm_out", "hook_gate", "hook_out")
+               "hook_state", "hook_ssm_out", "hook_gate", "hook_gated", "hook_out")
 BLOCK_HOOKS = ("hook_resid_pre", "hook_resid_post")
 
 
@@ -198,15 +199,20 @@ class MambaMixer(nn.Module):
             y = selective_scan(c, delta, A, B, C, D, chunk=self.scan_chunk, time_major=True)
         y = _site(self.hook_ssm_out, y.to(dtype))
         gate = _site(self.hook_gate, F.silu(z))
-        return _site(self.hook_out, self.out_proj(y * gate))
+        gated = _site(self.hook_gated, y * gate)
+        return _site(self.hook_out, self.out_proj(gated))
 
     def _scan_with_state_hook(self, c, delta, A, B, C, D):
         """Scan that materialises h_t, shows it to ``hook_state`` and honours replacements.
 
         Time-major in and out; the hook and the patch propagation see batch-major views.
+        The unpatched outputs are those of the unhooked forward (the C kernel where it runs), so
+        that recording ``hook_state`` leaves the logits bit-identical; the states come from the
+        torch scan (the kernel keeps none), which agrees with the kernel to float32 rounding.
         """
-        y, states = selective_scan(c, delta, A, B, C, D, return_states=True,
+        _, states = selective_scan(c, delta, A, B, C, D, return_states=True,
                                    chunk=self.scan_chunk, time_major=True)
+        y = selective_scan(c, delta, A, B, C, D, chunk=self.scan_chunk, time_major=True)
         states = states.transpose(0, 1)                            # [b, pos, d_inner, d_state]
         # The hook sees a copy, so in-place edits are detected by comparing with `states`.
         seen = self.hook_state(states.clone()).to(states.dtype)

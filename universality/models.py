@@ -106,7 +106,12 @@ def load_model(path: str | Path) -> nn.Module:
     elif config.model_type == "gpt_neox":
         model = GPTNeoXForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     elif config.model_type == "rwkv":
-        model = RwkvForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        # rescale_every=0: in eval mode transformers halves the hidden states every
+        # `rescale_every` blocks (hub RWKV-4: 6, an fp16 overflow guard), so block outputs would
+        # differ from the training-mode residual stream by 2^k. In float32 the guard is not
+        # needed; collection, SAE evaluation and patching all read the unscaled stream.
+        model = RwkvForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
+                                                rescale_every=0)
     else:
         raise ValueError(f"{path}: unsupported model_type {config.model_type!r}; expected {ARCHITECTURES}")
     return model.eval()

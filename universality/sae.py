@@ -144,7 +144,7 @@ class SAE(nn.Module):
         W_dec, b_dec = self.W_dec.double(), self.b_dec.double()
         new_b_enc, new_b_dec = b_enc, b_dec / s
         if shift is not None:
-            mu = torch.as_tensor(shift, dtype=torch.float64).reshape(self.d_in)
+            mu = torch.as_tensor(shift, dtype=torch.float64, device=W_enc.device).reshape(self.d_in)
             new_b_enc = b_enc - s * (mu @ W_enc)
             new_b_dec = new_b_dec + mu
         self.W_enc.copy_(W_enc * s)

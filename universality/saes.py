@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from . import corpus, models, store, zoo
+from .device import as_device
 from .sae import SAE
 from .train_sae import ce_loss_recovered, train_sae
 
@@ -34,19 +35,23 @@ def ce_losses(model, eval_set: str, layer: int, fn, windows: int) -> dict:
     return {"clean": clean, "spliced": spliced, "zero_ablated": zero}
 
 
-def train_and_evaluate(model_name, site, layer, seed, acts_path, model_dir, eval_set, options, out, threads):
+def train_and_evaluate(model_name, site, layer, seed, acts_path, model_dir, eval_set, options, out, threads,
+                       device: str | torch.device = "cpu"):
+    """Train the SAE (:func:`train_sae`) and, for ``resid``, add CE-loss recovered to its metrics.
+    Training, evaluation and the language model run on ``device`` (see :mod:`universality.device`)."""
+    device = as_device(device)
     label = f"{model_name}/{site}/L{layer}/seed{seed}"
     kwargs = {k: options[k] for k in TRAINER_KEYS if k in options}
     metrics = train_sae(
         acts_path, out, n_train_tokens=options["train_tokens"], seed=seed, label=label,
-        num_threads=threads,
+        num_threads=threads, device=device,
         metadata={"model_name": model_name, "site": site, "layer": layer, "sae_seed": seed,
                   "hook_name": f"blocks.{layer}.hook_resid_post" if site == "resid" else f"blocks.{layer}.{site}"},
         **kwargs,
     )
     if site == "resid" and options.get("ce_windows", 0) > 0:
-        lm = models.load_model(model_dir)
-        sae = SAE.load(out)
+        lm = models.load_model(model_dir).to(device)
+        sae = SAE.load(out, device=device)
         ce = ce_losses(lm, eval_set, layer, lambda x: sae(x.float())[0].to(x.dtype), options["ce_windows"])
         ce["recovered"] = ce_loss_recovered(ce["clean"], ce["spliced"], ce["zero_ablated"])
         metrics["ce_loss"] = ce

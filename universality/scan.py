@@ -30,6 +30,13 @@ and turns it into gradients with a few batched matmuls. Every per-position step 
 in-place ``addcmul_`` on a contiguous [batch, d_inner, d_state] slice (time-major internally;
 ``time_major=True`` takes and returns [pos, batch, ...] tensors without layout copies).
 
+Two implementations of the same maths: the C kernel ``csrc/selective_scan.c`` (built on first
+use by :mod:`universality.native`; float32 without ``return_states``, i.e. every training step),
+which keeps each batch row's [d_inner, d_state] state in L1 and vectorises over d_state, and the
+torch code below (float64, returned states, or no C compiler). Measured on the 2-core dev box,
+one layer at batch 8 x 256, d_inner 256, d_state 16, one thread: fwd + bwd 25-40 ms (C) vs
+about 2.5x that (torch); ``benchmarks/mamba_train.py`` prints the whole-model gain.
+
 Threads: the batch is split into shards scanned by Python worker threads whose torch ops are
 single-threaded (see ``SCAN_WORKERS``); torch releases the GIL inside ops, so shards run in
 parallel without an OpenMP barrier after each of the thousands of small per-position ops.
@@ -40,12 +47,15 @@ Also here: ``selective_scan_ref`` (float64 Python loop, obviously correct, for t
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
+
+from . import native
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -252,6 +262,66 @@ def _shards(batch: int, workers: int) -> list[slice]:
     return [slice(bounds[i], bounds[i + 1]) for i in range(n)]
 
 
+#: Positions per chunk of the C kernel's backward (it recomputes one chunk of states at a time:
+#: chunk * d_inner * d_state floats of scratch per thread, 256 KiB at 16 x 256 x 16).
+NATIVE_CHUNK = 16
+
+
+def _native():
+    """The C kernel (universality/csrc/selective_scan.c) or None; see ``universality.native``."""
+    lib = native.load("selective_scan")
+    if lib is not None and not getattr(lib, "_typed", False):
+        P, I = ctypes.c_void_p, ctypes.c_int
+        lib.scan_forward.argtypes = [P] * 9 + [I] * 7
+        lib.scan_forward.restype = None
+        lib.scan_backward.argtypes = [P] * 17 + [I] * 7
+        lib.scan_backward.restype = None
+        lib._typed = True
+    return lib
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _native_forward(lib, u, delta, A, B, C, D, chunk, workers):
+    """y [pos, batch, d] and the chunk-start states [n_chunks, batch, d, n] (float32, time-major)."""
+    L, Bsz, d = u.shape
+    n = A.shape[1]
+    y = torch.empty_like(u)
+    starts = u.new_empty((L + chunk - 1) // chunk, Bsz, d, n)
+    shards = _shards(Bsz, workers)
+
+    def run(i):
+        h = u.new_empty(d, n)
+        lib.scan_forward(_ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(y),
+                         _ptr(starts), _ptr(h), L, Bsz, d, n, chunk, shards[i].start, shards[i].stop)
+
+    _run_sharded(run, len(shards), workers)
+    return y, starts
+
+
+def _native_backward(lib, u, delta, A, B, C, D, starts, gy, chunk, workers):
+    """(gu, gdelta, gA, gB, gC, gD) of ``_native_forward``; partial sums added in shard order."""
+    L, Bsz, d = u.shape
+    n = A.shape[1]
+    gu, gdelta = torch.empty_like(u), torch.empty_like(u)
+    gB, gC = torch.empty_like(B), torch.empty_like(C)
+    shards = _shards(Bsz, workers)
+
+    def run(i):
+        gA, gD = A.new_zeros(d, n), D.new_zeros(d)
+        H, G, acc = u.new_empty(min(chunk, L), d, n), u.new_empty(d, n), u.new_empty(2 * n)
+        lib.scan_backward(_ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(starts),
+                          _ptr(gy), _ptr(gu), _ptr(gdelta), _ptr(gA), _ptr(gB), _ptr(gC), _ptr(gD),
+                          _ptr(H), _ptr(G), _ptr(acc), L, Bsz, d, n, chunk, shards[i].start,
+                          shards[i].stop)
+        return gA, gD
+
+    parts = _run_sharded(run, len(shards), workers)
+    return gu, gdelta, sum(p[0] for p in parts), gB, gC, sum(p[1] for p in parts)
+
+
 class SelectiveScanFn(torch.autograd.Function):
     """Chunked selective scan with a reverse-scan backward, sharded over the batch.
 
@@ -269,6 +339,13 @@ class SelectiveScanFn(torch.autograd.Function):
         ctx.chunk, ctx.workers = chunk, workers
         # Unused outputs (e.g. the empty states placeholder) get None instead of zero tensors.
         ctx.set_materialize_grads(False)
+        # The C kernel reads host memory: CUDA tensors take the torch code.
+        lib = _native() if u.dtype == torch.float32 and u.is_cpu and not return_states else None
+        ctx.native = lib is not None
+        if lib is not None:
+            y, starts = _native_forward(lib, u, delta, A, B, C, D, NATIVE_CHUNK, workers)
+            ctx.save_for_backward(u, delta, A, B, C, D, starts)
+            return y, u.new_empty(0)
         if len(shards) == 1:  # no shard copies
             states = u.new_empty(L, Bsz, d, n) if return_states else None
             with _intra_op_threads(1):
@@ -298,6 +375,10 @@ class SelectiveScanFn(torch.autograd.Function):
         u, delta, A, B, C, D, h_starts = ctx.saved_tensors
         if gy is None:
             gy = torch.zeros_like(u)
+        if ctx.native:  # the forward ran the C kernel, so there are no state outputs to pass on
+            g = _native_backward(_native(), u, delta, A, B, C, D, h_starts, gy.contiguous(),
+                                 NATIVE_CHUNK, ctx.workers)
+            return (*g, None, None, None)
         if gstates is not None and gstates.numel() == 0:
             gstates = None
         shards = _shards(u.shape[1], ctx.workers)

@@ -44,10 +44,20 @@ Determinism and resume
     (``state.safetensors``) and the step / sample position / scale / config (``state.json``)
     go to ``<out_dir>.ckpt/step_NNNNNNNNN/`` (written atomically; older ones are removed);
     a rerun with the same arguments continues from the newest one and ends with weights that are
-    bit-identical to an uninterrupted run (same machine, same thread count). A checkpoint made
-    with other arguments is discarded. ``<out_dir>`` itself appears only when complete
+    bit-identical to an uninterrupted run (same machine, same thread count, same device). A
+    checkpoint made with other arguments is discarded. Checkpoints hold CPU tensors and do not
+    record the device, so a run may resume on another device (CPU <-> CUDA; the result is then
+    not bit-identical to an uninterrupted run). ``<out_dir>``
+    itself appears only when complete
     (:func:`universality.store.atomic_output`), and the checkpoint directory is then removed.
     No pickle anywhere.
+
+Device
+    ``device`` (see :mod:`universality.device`) holds the SAE, the Adam state and each batch;
+    the data stream, the normalisation estimate and the float64 metric sums of the activations
+    stay on the CPU, and weights go back to the CPU before they are written. Written for CUDA,
+    not yet run on a GPU. On CUDA the run is deterministic only with
+    ``torch.use_deterministic_algorithms(True)``, which is not forced here.
 
 Speed
     The step is one fused forward/backward (:func:`universality.sae.loss_and_grads`, five GEMMs
@@ -72,6 +82,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import store
+from .device import as_device
 from .sae import SAE, loss_and_grads
 
 __all__ = [
@@ -374,16 +385,17 @@ def evaluate(sae: SAE, array, rows, *, batch_rows: int = 2048,
     if n <= 0:
         raise ValueError(f"no evaluation rows in [{start}, {stop})")
     D, F = sae.d_in, sae.d_sae
+    dev = sae.W_enc.device  # evaluate where the SAE is; the float64 sums of x stay in NumPy
     dec_norm = sae.decoder_norms().detach().float()
     sse = 0.0
     sum_x = np.zeros(D, np.float64)
     sum_x2 = 0.0
     l0 = 0
     sparsity = 0.0
-    counts = torch.zeros(F, dtype=torch.int64)
+    counts = torch.zeros(F, dtype=torch.int64, device=dev)
     for s in range(start, stop, batch_rows):
         blk = np.asarray(array[s:min(s + batch_rows, stop)], dtype=np.float32)
-        x = torch.from_numpy(blk)
+        x = torch.from_numpy(blk).to(dev)
         f = torch.addmm(sae.b_enc.detach(), x, sae.W_enc.detach()).relu_()
         x_hat = sae.decode(f)
         sse += float((x_hat - x).double().pow(2).sum())
@@ -413,7 +425,7 @@ def evaluate(sae: SAE, array, rows, *, batch_rows: int = 2048,
         "d_sae": F,
     }
     if return_counts:
-        out["feature_counts"] = counts.numpy()
+        out["feature_counts"] = counts.cpu().numpy()
     return out
 
 
@@ -459,8 +471,9 @@ def _checkpoints(ckpt_dir: Path) -> list[Path]:
 def _save_checkpoint(ckpt_dir: Path, sae: SAE, opt: Adam, step: int, shift: np.ndarray | None,
                      scale: float, cfg: _Config, elapsed: float) -> None:
     """Weights + Adam moments (+ input shift) as safetensors, the rest as JSON; atomic per step."""
-    tensors = {n: getattr(sae, n).detach().contiguous() for n in _PARAM_NAMES}
-    tensors.update({k: v.contiguous() for k, v in opt.state_tensors(_PARAM_NAMES).items()})
+    # CPU tensors (a no-op on the CPU): the file does not depend on the device that wrote it
+    tensors = {n: getattr(sae, n).detach().cpu().contiguous() for n in _PARAM_NAMES}
+    tensors.update({k: v.cpu().contiguous() for k, v in opt.state_tensors(_PARAM_NAMES).items()})
     if shift is not None:
         tensors["input.shift"] = torch.from_numpy(np.ascontiguousarray(shift, np.float32))
     with store.atomic_output(ckpt_dir / f"step_{step:09d}") as tmp:
@@ -479,7 +492,7 @@ def _load_checkpoint(ckpt_dir: Path, cfg: _Config) -> tuple[dict, dict[str, torc
     for path in reversed(_checkpoints(ckpt_dir)):
         try:
             state = json.loads((path / _STATE_JSON).read_text())
-            tensors = load_file(str(path / _STATE_TENSORS))
+            tensors = load_file(str(path / _STATE_TENSORS), device="cpu")  # moved by the caller
         except Exception:  # torn (cannot happen with atomic writes, but never trust a file)
             continue
         return (state, tensors) if state.get("config") == cfg.as_dict() else None
@@ -541,6 +554,7 @@ def train_sae(
     dense_threshold: float = DEFAULT_DENSE_THRESHOLD,
     log_every: int = 10,
     num_threads: int | None = None,
+    device: str | torch.device = "cpu",
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
@@ -555,7 +569,8 @@ def train_sae(
     least one) and may exceed the training rows (several epochs). ``metadata`` (model, site,
     layer, ...) goes into ``cfg.json["metadata"]``. ``label`` names the run in the progress bar
     and in errors. ``num_threads`` sets ``torch.set_num_threads`` (results are bit-identical
-    only for a fixed thread count). ``on_step(step)`` runs after every completed step (tests use
+    only for a fixed thread count). ``device`` holds the SAE, the optimiser and each batch (see
+    the module docstring). ``on_step(step)`` runs after every completed step (tests use
     it to interrupt). Raises :class:`SAETrainingError` on a NaN/inf loss or weight.
     Returns the metrics dictionary.
     """
@@ -581,7 +596,9 @@ def train_sae(
         eps=float(eps), dec_init_norm=None if dec_init_norm is None else float(dec_init_norm),
         normalize=str(normalize), grad_clip=None if grad_clip is None else float(grad_clip))
 
-    sae = SAE.initialized(cfg.d_in, cfg.d_sae, cfg.seed, cfg.dec_init_norm).requires_grad_(False)
+    device = as_device(device)
+    # initialised on the CPU (its own CPU generator), so every device starts from the same weights
+    sae = SAE.initialized(cfg.d_in, cfg.d_sae, cfg.seed, cfg.dec_init_norm).to(device).requires_grad_(False)
     params = [getattr(sae, n) for n in _PARAM_NAMES]  # Parameters with requires_grad=False
     opt = Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
@@ -613,7 +630,7 @@ def train_sae(
     step, last_loss = start_step, float("nan")
     with open(log_path, "a") as log:
         while step < n_steps:
-            x = torch.from_numpy(next(batches))
+            x = torch.from_numpy(next(batches)).to(device)
             l1_now, lr_now = _schedule(step, cfg)
             terms, grads, f = loss_and_grads(*params, x, l1_now, buffers)
             loss = float(terms["loss"])
@@ -666,6 +683,7 @@ def train_sae(
             "resumed_from_step": start_step, "wall_s": round(elapsed_before + run_s, 3),
             "tokens_per_s": round((step - start_step) * cfg.batch_size / max(run_s, 1e-9), 1),
             "loop_cpu_s": round(run_cpu_s, 3),  # process CPU time of this run's loop (all threads)
+            "device": str(device),
         },
         "config": cfg.as_dict(),
     })

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import corpus, models
+from .device import device_of
 
 IGNORE = -100
 
@@ -67,9 +68,11 @@ def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
 def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: int, vocab: int):
     """Train one toy model; return (model, history). Deterministic given ``spec['seed']``.
 
-    The first ``induction_warmup_steps`` steps see only ``induction_rows`` synthetic rows of
-    ``induction_len`` tokens; every later step sees ``batch_size`` natural windows of ``max_len``
-    tokens plus the synthetic rows, and its loss is the sum of the two mean losses. Natural
+    The first ``induction_warmup_steps`` steps see only ``induction_warmup_rows`` synthetic rows of
+    ``induction_warmup_len`` tokens (defaults: ``induction_rows``, ``induction_len``; a
+    model's own recipe may change them, see ``config.model_training``); every later step sees
+    ``batch_size`` natural windows of ``max_len`` tokens plus ``induction_rows`` synthetic rows
+    of ``induction_len`` tokens, and its loss is the sum of the two mean losses. Natural
     steps continue until ``train_tokens`` natural tokens are seen.
     """
     seed = spec["seed"]
@@ -79,7 +82,10 @@ def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: in
     model = models.build_model(config).train()
     batch, n_synth = training["batch_size"], training["induction_rows"]
     synth_len = min(training["induction_len"], max_len)
-    warm = training["induction_warmup_steps"] if n_synth else 0
+    warm_len = min(training.get("induction_warmup_len") or synth_len, max_len)
+    warm_rows = training.get("induction_warmup_rows")
+    warm_rows = n_synth if warm_rows is None else warm_rows
+    warm = training["induction_warmup_steps"] if warm_rows else 0
     text_steps = max(1, math.ceil(spec["train_tokens"] / (batch * max_len)))
     steps = warm + text_steps
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -100,8 +106,9 @@ def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: in
             ids, labels = natural_rows(train_tokens, rng.choice(full, batch), max_len)
             loss_text = lm_loss(models.logits_of(model, torch.from_numpy(ids)), torch.from_numpy(labels))
             loss = loss + loss_text
-        if n_synth:
-            ids, labels = synthetic_repeats(rng, n_synth, synth_len, vocab, train_tokens.bos_id)
+        rows, length = (warm_rows, warm_len) if step < warm else (n_synth, synth_len)
+        if rows:
+            ids, labels = synthetic_repeats(rng, rows, length, vocab, train_tokens.bos_id)
             loss_copy = lm_loss(models.logits_of(model, torch.from_numpy(ids)), torch.from_numpy(labels))
             loss = loss + loss_copy
         if not torch.isfinite(loss):
@@ -112,9 +119,11 @@ def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: in
         opt.step()
         if step % 20 == 0 or step == steps - 1:
             elapsed = time.perf_counter() - t0
-            seen = (step + 1) * n_synth * synth_len + max(0, step + 1 - warm) * batch * max_len
+            text_done = max(0, step + 1 - warm)
+            seen = (min(step + 1, warm) * warm_len * warm_rows + text_done * synth_len * n_synth
+                    + text_done * batch * max_len)
             rec = {"step": step, "loss_text": round(loss_text.item(), 4) if step >= warm else None,
-                   "loss_copy": round(loss_copy.item(), 4) if n_synth else None,
+                   "loss_copy": round(loss_copy.item(), 4) if rows else None,
                    "tokens": seen, "seconds": round(elapsed, 2), "tokens_per_s": round(seen / elapsed, 1)}
             history.append(rec)
             bar.set_postfix(text=rec["loss_text"], copy=rec["loss_copy"], tok_s=rec["tokens_per_s"])
@@ -127,13 +136,14 @@ def eval_loss(model, tokens: corpus.TokenSet, max_len: int, max_tokens: int | No
     """Mean next-token loss (nats) over the token set's first windows, in order, until
     ``max_tokens`` scored tokens are reached (whole batches) or ``max_windows`` windows are read."""
     total, count, w = 0.0, 0, 0
+    dev = device_of(model)  # the model's device: batches go where the model is
     last = min(len(tokens), max_windows or len(tokens))
     while (max_tokens is None or count < max_tokens) and w < last:
         rows = np.arange(w, min(w + batch, last))
         w = rows[-1] + 1
         ids, labels = natural_rows(tokens, rows, max_len)
-        logits = models.logits_of(model, torch.from_numpy(ids))
-        lab = torch.from_numpy(labels)
+        logits = models.logits_of(model, torch.from_numpy(ids).to(dev))
+        lab = torch.from_numpy(labels).to(dev)
         n = int((lab != IGNORE).sum())
         total += lm_loss(logits, lab).item() * n
         count += n
@@ -148,7 +158,7 @@ def induction_losses(model, vocab: int, bos: int, length: int = 64, prompts: int
     """
     g = np.random.default_rng(seed)
     r = g.integers(1, vocab, size=(prompts, length))
-    ids = torch.from_numpy(np.concatenate([np.full((prompts, 1), bos), r, r], axis=1))
+    ids = torch.from_numpy(np.concatenate([np.full((prompts, 1), bos), r, r], axis=1)).to(device_of(model))
     logits = models.logits_of(model, ids)
     logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
     nll = -logp  # nll[:, p] scores token p+1
@@ -157,14 +167,24 @@ def induction_losses(model, vocab: int, bos: int, length: int = 64, prompts: int
     return {"first_copy": first, "second_copy": second, "ln_vocab": math.log(vocab), "length": length}
 
 
+#: |R| of the induction check: the headline length, then every length of the sweep that fits.
+INDUCTION_LENGTH = 64
+INDUCTION_SWEEP = (8, 16, 32, 64)
+
+
 def evaluate(model, eval_tokens: corpus.TokenSet, max_len: int, vocab: int, max_tokens: int) -> dict:
-    """Eval loss against the unigram entropy of the same tokens, and the induction check."""
+    """Eval loss against the unigram entropy of the same tokens, and the induction check:
+    ``induction`` at |R| = 64 (or the longest that fits) and ``induction_by_length`` for the
+    sweep (a recurrent model with a fixed-size state may copy short sequences but not long ones)."""
     loss = eval_loss(model, eval_tokens, max_len, max_tokens)
+    fits = (max_len - 1) // 2  # both copies must fit the context the model was trained on
+    bos = eval_tokens.bos_id
     return {
         "eval_loss_nats": loss,
         "unigram_entropy_nats": float(eval_tokens.attrs["unigram_entropy_nats"]),
-        # Both copies must fit the context the model was trained on.
-        "induction": induction_losses(model, vocab, eval_tokens.bos_id, length=min(64, (max_len - 1) // 2)),
+        "induction": induction_losses(model, vocab, bos, length=min(INDUCTION_LENGTH, fits)),
+        "induction_by_length": [induction_losses(model, vocab, bos, length=n)
+                                for n in INDUCTION_SWEEP if n <= fits],
     }
 
 

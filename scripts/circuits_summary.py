@@ -1,0 +1,69 @@
+"""Figures of every analysed model and results/circuits/summary.json (findings + figure paths)."""
+import os
+
+import click
+import pandas as pd
+
+from universality import circuit_figures as figs
+from universality import circuits, store
+from universality.cli import entry
+
+
+@click.command()
+@click.option("--summaries", required=True, help="space-separated per-model circuits/{model}/summary.json")
+@click.option("--summary", required=True, type=click.Path(dir_okay=False), help="circuits/summary.json")
+@click.option("--figures", required=True, help="space-separated PNG paths this command must write")
+def main(summaries, summary, figures):
+    root = os.path.dirname(summary)
+    per_model = [store.read_json(p) for p in summaries.split()]
+    by_arch = {"mamba": [s for s in per_model if s["arch"] == "mamba"],
+               "gpt_neox": [s for s in per_model if s["arch"] == "gpt_neox"]}
+    written, captions, tables = [], {}, []
+
+    def out(*parts):
+        path = os.path.join(root, *parts)
+        written.append(path)
+        return path
+
+    for s in by_arch["mamba"]:
+        d = os.path.join(root, s["model"])
+        t = {n: pd.read_csv(os.path.join(d, f"{n}.csv")) for n in ("state", "ssm_in", "conv_in", "ioi")}
+        tables += [os.path.join(d, f"{n}.csv") for n in t]
+        with store.atomic_output(out(s["model"], "state_patching.png")) as tmp:
+            figs.mamba_state(t["state"], s["model"], tmp)
+        captions[written[-1]] = f"{s['model']}: SSM-state path patching per layer and distance"
+        with store.atomic_output(out(s["model"], "off_by_one.png")) as tmp:
+            figs.mamba_offbyone(t["ssm_in"], t["conv_in"], s["key_layer"], s["model"], tmp)
+        captions[written[-1]] = f"{s['model']}: SSM input c per layer and position; conv input x at the key layer"
+        with store.atomic_output(out(s["model"], "ioi.png")) as tmp:
+            figs.mamba_ioi(t["ioi"], s["model"], tmp)
+        captions[written[-1]] = f"{s['model']}: IOI-style prompts, SSM input c per layer and position"
+    for s in by_arch["gpt_neox"]:
+        d = os.path.join(root, s["model"])
+        scores, patching = (pd.read_csv(os.path.join(d, f"{n}.csv")) for n in ("head_scores", "head_patching"))
+        tables += [os.path.join(d, f"{n}.csv") for n in ("head_scores", "head_patching")]
+        with store.atomic_output(out(s["model"], "heads.png")) as tmp:
+            figs.neox_heads(scores, patching, s["model"], tmp)
+        captions[written[-1]] = f"{s['model']}: previous-token / induction scores and head patching"
+    primary = {arch: (ss[0] if ss else None) for arch, ss in by_arch.items()}
+    with store.atomic_output(out("induction_circuits.png")) as tmp:
+        figs.induction_circuits(primary["mamba"], primary["gpt_neox"], tmp)
+    captions[written[-1]] = "Induction circuits side by side (paper Fig. 7), from our numbers"
+    if sorted(written) != sorted(figures.split()):
+        raise click.ClickException(f"figures written {sorted(written)} != figures declared {sorted(figures.split())}")
+    findings = [circuits.describe_mamba(s) for s in by_arch["mamba"]]
+    findings += [circuits.describe_neox(s) for s in by_arch["gpt_neox"]]
+    info = {
+        "primary": {arch: (s["model"] if s else None) for arch, s in primary.items()},
+        "mamba": {s["model"]: s for s in by_arch["mamba"]},
+        "gpt_neox": {s["model"]: s for s in by_arch["gpt_neox"]},
+        "findings": findings,
+        "figures": [{"path": p, "caption": captions[p]} for p in written],
+        "tables": tables,
+    }
+    store.write_json(summary, info)
+    click.echo("\n\n".join(findings))
+
+
+if __name__ == "__main__":
+    entry(main, globals())

@@ -1,0 +1,51 @@
+"""The report page (report/index.html): tables from summary.json, figures by relative path, cards."""
+import base64
+import json
+import os
+from pathlib import Path
+
+import click
+
+from universality.cli import entry
+from universality import report, store
+
+
+@click.command()
+@click.option("--summary", required=True, type=click.Path(exists=True), help="summary.json (report_figures)")
+@click.option("--figures", required=True, help="space-separated PNGs, in the order of plan.figures")
+@click.option("--captions", required=True, help="space-separated caption files (.rst), same order")
+@click.option("--cards", default="", help="space-separated cards JSON, in the order of plan.cards")
+@click.option("--circuits", default="", help="circuits/summary.json (circuits_summary), if any")
+@click.option("--setup", required=True, help='JSON: {"plan", "report", "results"} (the rule\'s params)')
+@click.option("--page", required=True, type=click.Path(dir_okay=False), help="output: index.html")
+def main(summary, figures, captions, cards, circuits, setup, page):
+    s = json.loads(setup)
+    plan = s["plan"]
+    pngs, texts = figures.split(), captions.split()
+    if len(pngs) != len(plan["figures"]) or len(texts) != len(pngs):
+        raise click.BadParameter(f"{len(pngs)} figures / {len(texts)} captions for {plan['figures']}",
+                                 param_hint="--figures")
+    here = Path(page).resolve().parent
+    figs = [{"name": name, "title": report.FIGURE_TITLES[name], "caption": Path(c).read_text().strip(),
+             "src": Path(os.path.relpath(Path(p).resolve(), here)).as_posix()}
+            for name, p, c in zip(plan["figures"], pngs, texts)]
+    card_sets = {name: store.read_json(p)["cards"] for name, p in zip(plan["cards"], cards.split())}
+    circ = None
+    if circuits:
+        c = store.read_json(circuits)
+        rel = lambda p: Path(os.path.relpath(Path(p).resolve(), here)).as_posix()
+        # Inlined (data URIs): a copied report folder keeps them, though they live in circuits/.
+        inline = lambda p: "data:image/png;base64," + base64.b64encode(Path(p).read_bytes()).decode()
+        circ = {"findings": c["findings"],
+                "figures": [{"src": inline(f["path"]), "caption": f["caption"]} for f in c["figures"]],
+                "tables": [{**t, "src": rel(Path(s["results"]) / t["src"])}
+                           for t in report.circuit_tables(c, s["results"])]}
+    text = report.render_page(store.read_json(summary), plan, figs, card_sets,
+                              {"results": s["results"], "report": s["report"]}, circ)
+    with store.atomic_output(page) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {page}: {len(figs)} figures, {sum(map(len, card_sets.values()))} cards")
+
+
+if __name__ == "__main__":
+    entry(main, globals())
