@@ -54,7 +54,7 @@ from torch import nn
 
 from .hooks import HookPoint
 from .scan import (DEFAULT_CHUNK, first_changed_position, propagate_state_patch, selective_scan,
-                   states_to_output)
+                   states_to_output, uses_kernel)
 
 __all__ = ["MambaLM", "MambaBlock", "MambaMixer", "RMSNorm", "CausalConvSiLU", "causal_conv_silu",
            "MIXER_HOOKS", "BLOCK_HOOKS"]
@@ -210,9 +210,10 @@ class MambaMixer(nn.Module):
         that recording ``hook_state`` leaves the logits bit-identical; the states come from the
         torch scan (the kernel keeps none), which agrees with the kernel to float32 rounding.
         """
-        _, states = selective_scan(c, delta, A, B, C, D, return_states=True,
+        y, states = selective_scan(c, delta, A, B, C, D, return_states=True,
                                    chunk=self.scan_chunk, time_major=True)
-        y = selective_scan(c, delta, A, B, C, D, chunk=self.scan_chunk, time_major=True)
+        if uses_kernel(c):  # the unhooked forward's numbers come from the kernel
+            y = selective_scan(c, delta, A, B, C, D, chunk=self.scan_chunk, time_major=True)
         states = states.transpose(0, 1)                            # [b, pos, d_inner, d_state]
         # The hook sees a copy, so in-place edits are detected by comparing with `states`.
         seen = self.hook_state(states.clone()).to(states.dtype)

@@ -63,6 +63,7 @@ __all__ = [
     "SelectiveScanFn",
     "selective_scan",
     "selective_scan_ref",
+    "uses_kernel",
     "propagate_state_patch",
     "first_changed_position",
     "states_to_output",
@@ -280,6 +281,13 @@ def _native():
     return lib
 
 
+def uses_kernel(u: torch.Tensor, return_states: bool = False) -> bool:
+    """Whether :func:`selective_scan` on ``u`` runs the C kernel: float32 (after promotion) CPU
+    tensors, no returned states, and a kernel that could be built."""
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    return dtype == torch.float32 and u.is_cpu and not return_states and _native() is not None
+
+
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
@@ -340,10 +348,9 @@ class SelectiveScanFn(torch.autograd.Function):
         # Unused outputs (e.g. the empty states placeholder) get None instead of zero tensors.
         ctx.set_materialize_grads(False)
         # The C kernel reads host memory: CUDA tensors take the torch code.
-        lib = _native() if u.dtype == torch.float32 and u.is_cpu and not return_states else None
-        ctx.native = lib is not None
-        if lib is not None:
-            y, starts = _native_forward(lib, u, delta, A, B, C, D, NATIVE_CHUNK, workers)
+        ctx.native = uses_kernel(u, return_states)
+        if ctx.native:
+            y, starts = _native_forward(_native(), u, delta, A, B, C, D, NATIVE_CHUNK, workers)
             ctx.save_for_backward(u, delta, A, B, C, D, starts)
             return y, u.new_empty(0)
         if len(shards) == 1:  # no shard copies
