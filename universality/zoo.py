@@ -178,13 +178,14 @@ def evaluate(model, eval_tokens: corpus.TokenSet, max_len: int, vocab: int, max_
     sweep (a recurrent model with a fixed-size state may copy short sequences but not long ones)."""
     loss = eval_loss(model, eval_tokens, max_len, max_tokens)
     fits = (max_len - 1) // 2  # both copies must fit the context the model was trained on
-    bos = eval_tokens.bos_id
+    headline = min(INDUCTION_LENGTH, fits)
+    lengths = sorted({n for n in INDUCTION_SWEEP if n <= fits} | {headline})
+    by_length = {n: induction_losses(model, vocab, eval_tokens.bos_id, length=n) for n in lengths}
     return {
         "eval_loss_nats": loss,
         "unigram_entropy_nats": float(eval_tokens.attrs["unigram_entropy_nats"]),
-        "induction": induction_losses(model, vocab, bos, length=min(INDUCTION_LENGTH, fits)),
-        "induction_by_length": [induction_losses(model, vocab, bos, length=n)
-                                for n in INDUCTION_SWEEP if n <= fits],
+        "induction": by_length[headline],
+        "induction_by_length": [by_length[n] for n in INDUCTION_SWEEP if n <= fits],
     }
 
 
