@@ -172,6 +172,33 @@ def test_sparse_chunking_is_bitwise_stable_for_sxy(sparse_pair):
     assert np.array_equal(sxy[0], sxy[1]) and np.array_equal(sxy[0], sxy[2])
 
 
+def test_float64_sparse_values_keep_their_precision(sparse_pair):
+    """float64 features (values float32 cannot hold) go through the 64-bit packed stream of
+    the scatter: sxy equals the float64 reference sum, and the moments and maxima the
+    reference, whatever the chunking."""
+    a, b, _ = sparse_pair
+    rng = np.random.default_rng(5)
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    a.data += np.where(a.indices == 5, 0.0, rng.normal(0, 1e-9, a.nnz))  # below float32
+    # resolution at these magnitudes; column 5 stays constant (excluded)
+    b.data += rng.normal(0, 1e-9, b.nnz)
+    x, y = a.toarray(), b.toarray()
+    got = []
+    for chunk, buf in ((500, 700), (3000, 10**6)):
+        acc = PearsonAccumulator(a.shape[1], b.shape[1], backend="cpu", buffer_tokens=buf, n_threads=2)
+        for ca, cb in zip(chunks(a, chunk), chunks(b, chunk)):
+            acc.update(ca, cb)
+        got.append((acc.sxy.copy(), acc.result()))
+    np.testing.assert_allclose(got[0][0], x.T @ y, rtol=1e-13, atol=1e-12)
+    assert np.array_equal(got[0][0], got[1][0])
+    for k in ("sum_a", "sumsq_a", "nnz_a", "min_a", "max_a", "sum_b", "nnz_b", "max_b"):
+        assert np.array_equal(got[0][1][k], got[1][1][k]), k
+    np.testing.assert_allclose(got[0][1]["sum_a"], x.sum(0), rtol=1e-13)
+    np.testing.assert_array_equal(got[0][1]["max_b"], y.max(0))
+    check_against_ref(got[0][1], ref_pearson(x, y))
+
+
 def test_input_formats_agree(sparse_pair):
     a, b, r = sparse_pair
     # CSR triples (n_a/n_b required), and a dense B chunk fed to a sparse accumulator

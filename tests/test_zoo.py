@@ -26,6 +26,17 @@ def test_lr_schedule():
     assert zoo.lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
 
 
+def test_phase_schedule_restarts_for_the_text_phase():
+    # warm-up phase: linear warm-up, then constant
+    assert zoo.phase_lr(0, 50, 100, 1.0, 10) == pytest.approx(0.1)
+    assert zoo.phase_lr(49, 50, 100, 1.0, 10) == pytest.approx(1.0)
+    # text phase: its own warm-up and a full cosine over its own steps
+    assert zoo.phase_lr(50, 50, 100, 1.0, 10) == pytest.approx(0.1)
+    assert zoo.phase_lr(60, 50, 100, 1.0, 10) == pytest.approx(1.0)
+    assert zoo.phase_lr(150, 50, 100, 1.0, 10) == pytest.approx(0.1)
+    assert zoo.phase_lr(105, 0, 100, 1.0, 10) == zoo.lr_at(105, 100, 1.0, 10)  # no warm-up phase
+
+
 class Copier(torch.nn.Module):
     """Predicts token t-period with certainty: a perfect induction model for [BOS] R R."""
 
@@ -144,3 +155,24 @@ def test_warmup_rows_and_length_of_a_models_own_recipe(monkeypatch):
     zoo.train(spec, {**training, "induction_warmup_len": None, "induction_warmup_rows": None},
               FakeTokens(10, 32, 40), 32, 40)
     assert calls == [(3, 32)] * 4  # defaults: the text phase's rows and length
+
+
+def test_warmup_text_rows(monkeypatch):
+    drawn = []
+    real = zoo.natural_rows
+
+    def spy(tokens, rows, max_len):
+        drawn.append(len(rows))
+        return real(tokens, rows, max_len)
+
+    monkeypatch.setattr(zoo, "natural_rows", spy)
+    spec = {"arch": "gpt_neox", "seed": 0, "d_model": 16, "n_layers": 1, "n_heads": 2,
+            "train_tokens": 2 * 4 * 32}
+    training = {"batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "weight_decay": 0.0,
+                "induction_rows": 3, "induction_len": 32, "induction_warmup_steps": 3}
+    _, hist = zoo.train(spec, {**training, "induction_warmup_text_rows": 2}, FakeTokens(10, 32, 40), 32, 40)
+    assert drawn == [2, 2, 2, 4, 4]  # 3 warm-up steps with 2 windows, then 2 text steps
+    assert hist[0]["loss_text"] is not None and hist[0]["tokens"] == 3 * 32 + 2 * 32
+    drawn.clear()
+    _, hist = zoo.train(spec, training, FakeTokens(10, 32, 40), 32, 40)
+    assert drawn == [4, 4] and hist[0]["loss_text"] is None  # default: synthetic rows only

@@ -18,8 +18,10 @@ Two input modes, one API (:class:`PearsonAccumulator`):
   kernel transposes A's buffered tokens to feature-major order (CSC) and, in parallel over
   blocks of A features (each thread owns whole rows of ``sxy``: no races, deterministic),
   adds ``a_ti * b_tj`` into ``sxy[i, j]`` for every token ``t`` where A feature ``i`` fires.
-  Row ``i`` of ``sxy`` stays in cache while its tokens are processed, and the B rows needed
-  next are software-prefetched.  On GPU a CuPy ``RawKernel`` does the same outer products
+  Row ``i`` of ``sxy`` stays in cache while its tokens are processed, B's (index, value)
+  pairs are read as one interleaved stream, and the B rows needed next are software-
+  prefetched.  Per buffer, the per-feature moments of both sides and B's interleaving run as
+  three parallel tasks, and the transpose is parallel over token ranges.  On GPU a CuPy ``RawKernel`` does the same outer products
   token-major with float64 ``atomicAdd``.
 * **dense** (neuron baseline: MLP neurons, gate activations; large offsets, F ~ 512-3072):
   chunks are ``[tokens, F]`` arrays.  Every feature is *shifted* by its mean on the first
@@ -254,8 +256,8 @@ if HAVE_NUMBA:
         def _prefetch(arr, idx):
             pass
 
-    @_njit
-    def _transpose_a(indptr, indices, data, n_cols, b_indptr):  # pragma: no cover - compiled
+    @_pjit
+    def _transpose_a(indptr, indices, data, n_cols, b_indptr, n_parts):  # pragma: no cover - compiled
         """A's CSR chunk [T, F_A] -> feature-major (CSC) entries, each tagged with its token's
         B row.
 
@@ -263,28 +265,45 @@ if HAVE_NUMBA:
         ``start`` int64 / ``length`` int32 (the token's row in B's CSR).  Counting sort:
         within a feature, tokens come out in increasing order, so every ``sxy`` cell is summed
         in token order whatever the chunking.  Storing the B row bounds here saves the scatter
-        a dependent cache miss on ``b_indptr[t]`` per A entry.
+        a dependent cache miss on ``b_indptr[t]`` per A entry.  Parallel over ``n_parts``
+        token ranges: each counts its own entries per feature, and a prefix over (feature,
+        part) gives every part its own output slots, so the result is the serial one.
         """
+        n_rows = indptr.size - 1
         nnz = indptr[-1]
-        colptr = np.zeros(n_cols + 1, np.int64)
-        for p in range(nnz):
-            colptr[indices[p] + 1] += 1
+        rows = np.empty(n_parts + 1, np.int64)  # token ranges with about equal entries
+        for k in range(n_parts + 1):
+            rows[k] = np.searchsorted(indptr, nnz * k // n_parts)
+        rows[0] = 0
+        rows[n_parts] = n_rows
+        counts = np.zeros((n_parts, n_cols), np.int64)
+        for k in _nb.prange(n_parts):
+            for p in range(indptr[rows[k]], indptr[rows[k + 1]]):
+                counts[k, indices[p]] += 1
+        colptr = np.empty(n_cols + 1, np.int64)
+        acc = 0
         for c in range(n_cols):
-            colptr[c + 1] += colptr[c]
-        nxt = colptr[:-1].copy()
+            colptr[c] = acc
+            for k in range(n_parts):
+                cnt = counts[k, c]
+                counts[k, c] = acc  # now: the part's next output slot in column c
+                acc += cnt
+        colptr[n_cols] = acc
         vals = np.empty(nnz, data.dtype)
         start = np.empty(nnz, np.int64)
         length = np.empty(nnz, np.int32)
-        for r in range(indptr.size - 1):
-            b0 = b_indptr[r]
-            bl = b_indptr[r + 1] - b0
-            for p in range(indptr[r], indptr[r + 1]):
-                c = indices[p]
-                q = nxt[c]
-                vals[q] = data[p]
-                start[q] = b0
-                length[q] = bl
-                nxt[c] = q + 1
+        for k in _nb.prange(n_parts):
+            nxt = counts[k]
+            for r in range(rows[k], rows[k + 1]):
+                b0 = b_indptr[r]
+                bl = b_indptr[r + 1] - b0
+                for p in range(indptr[r], indptr[r + 1]):
+                    c = indices[p]
+                    q = nxt[c]
+                    vals[q] = data[p]
+                    start[q] = b0
+                    length[q] = bl
+                    nxt[c] = q + 1
         return colptr, vals, start, length
 
     @_njit
@@ -334,15 +353,34 @@ if HAVE_NUMBA:
                 vmax[j] = v
 
     @_pjit
-    def _scatter_rows(S, colptr, vals, start, length, b_indices, b_data, bounds, ahead):  # pragma: no cover
+    def _moments_and_pack(a_idx, a_val, a_sx, a_sxx, a_nnz, a_stored, a_vmin, a_vmax,
+                          b_idx, b_val, b_sx, b_sxx, b_nnz, b_stored, b_vmin, b_vmax,
+                          packed, packed_val):  # pragma: no cover - compiled
+        """Both sides' moments (one task per side, so every sum stays in token order) and,
+        as a third task, B's entries interleaved for the scatter: ``packed[2k]`` = index,
+        ``packed_val[2k+1]`` = value, two views of one buffer (one stream instead of two)."""
+        for s in _nb.prange(3):
+            if s == 0:
+                _sparse_moments(a_idx, a_val, a_sx, a_sxx, a_nnz, a_stored, a_vmin, a_vmax)
+            elif s == 1:
+                _sparse_moments(b_idx, b_val, b_sx, b_sxx, b_nnz, b_stored, b_vmin, b_vmax)
+            else:
+                for k in range(b_idx.size):
+                    packed[2 * k] = b_idx[k]
+                    packed_val[2 * k + 1] = b_val[k]
+
+    @_pjit
+    def _scatter_rows(S, colptr, vals, start, length, packed, packed_val, bounds, ahead, line):  # pragma: no cover
         """``S[i, j] += a[t, i] * b[t, j]`` for all tokens t, feature-major over A.
 
         S: [F_A, F_B] float64 (C order).  (colptr, vals): A chunk as CSC; A entry ``p`` of
         feature ``i`` (``colptr[i] <= p < colptr[i+1]``) has value ``vals[p]`` and its token's
-        B row is ``b_indices/b_data[start[p] : start[p] + length[p]]``.  bounds: A-feature
+        B row is entries ``start[p] : start[p] + length[p]`` of B, interleaved: entry ``k``'s
+        feature is ``packed[2k]`` and its value ``packed_val[2k+1]``.  bounds: A-feature
         ranges, one per parallel task; a task owns rows ``bounds[g]:bounds[g+1]`` of S, so
         there are no races and each cell is summed in token order (deterministic).
-        ahead: prefetch distance in A entries (0: no prefetch).
+        ahead: prefetch distance in A entries (0: no prefetch); line: elements of ``packed``
+        per cache line.
         """
         n_b = S.shape[1]
         flat = S.reshape(-1)
@@ -353,16 +391,16 @@ if HAVE_NUMBA:
                 for p in range(colptr[i], colptr[i + 1]):
                     if ahead > 0 and p + ahead < n:
                         # ask for the B row needed a few tokens from now (hides its latency)
-                        s2 = start[p + ahead]
-                        for k in range(0, length[p + ahead], 16):
-                            _prefetch(b_indices, s2 + k)
-                            _prefetch(b_data, s2 + k)
+                        s2 = 2 * start[p + ahead]
+                        for k in range(0, 2 * length[p + ahead], line):
+                            _prefetch(packed, s2 + k)
                     a = np.float64(vals[p])
-                    s = start[p]
-                    bi = b_indices[s : s + length[p]]  # views: the loop below then needs
-                    bd = b_data[s : s + length[p]]  # no negative-index wraparound code
-                    for k in range(bi.size):
-                        row[np.uint32(bi[k])] += a * np.float64(bd[k])
+                    s = 2 * start[p]
+                    e = 2 * length[p]
+                    bi = packed[s : s + e]  # views: the loop below then needs
+                    bv = packed_val[s : s + e]  # no negative-index wraparound code
+                    for k in range(0, e, 2):
+                        row[np.uint32(bi[k])] += a * np.float64(bv[k + 1])
 
     @_pjit
     def _maxima(S, n, sx_a, inv_a, valid_a, sx_b, inv_b, neg_b, bounds):  # pragma: no cover
@@ -551,6 +589,7 @@ class PearsonAccumulator:
         self.buffer_tokens = int(buffer_tokens or default_buffer_tokens(self.n_b))
         self.n_threads = int(n_threads or default_threads())
         self.cpu_kernel = ("numba" if HAVE_NUMBA else "scipy") if cpu_kernel == "auto" else cpu_kernel
+        self._numba_path = self.backend == "cpu" and self.cpu_kernel == "numba"
         self.reset()
 
     # -- state ---------------------------------------------------------------------------
@@ -658,8 +697,9 @@ class PearsonAccumulator:
         if self.mode == "sparse":
             a = self._sparse_triple(a_chunk, self.n_a, "A")
             b = self._sparse_triple(b_chunk, self.n_b, "B")
-            self._moments_sparse(self._side["a"], a, self.n_a)
-            self._moments_sparse(self._side["b"], b, self.n_b)
+            if not self._numba_path:  # the numba path sums moments per buffer (_flush)
+                self._moments_sparse(self._side["a"], a, self.n_a)
+                self._moments_sparse(self._side["b"], b, self.n_b)
             self._buf.append((a, b))
             self._buf_tokens += ta
             self.n_tokens += ta
@@ -712,22 +752,38 @@ class PearsonAccumulator:
         a = _concat_rows([p[0] for p in self._buf])
         b = _concat_rows([p[1] for p in self._buf])
         self._buf, self._buf_tokens = [], 0
+        if self._numba_path:
+            self._flush_numba(a, b)
+            return
         if a[1].size == 0 or b[1].size == 0:
             return
         if self.backend == "cuda":
             _cuda_outer_scatter(self._sxy, a, b)
-        elif self.cpu_kernel == "numba":
-            colptr, vals, start, length = _transpose_a(a[0], a[1], a[2], self.n_a, b[0])
-            bounds = _balanced_bounds(colptr, length, 4 * self.n_threads)
-            with _numba_threads(self.n_threads):
-                _scatter_rows(self._sxy, colptr, vals, start, length, b[1], b[2], bounds,
-                              PREFETCH_AHEAD)
         else:  # scipy SpGEMM fallback
             n_t = len(a[0]) - 1
             am = sp.csr_matrix((a[2].astype(np.float64), a[1], a[0]), shape=(n_t, self.n_a))
             bm = sp.csr_matrix((b[2].astype(np.float64), b[1], b[0]), shape=(n_t, self.n_b))
             c = (am.T.tocsr() @ bm).tocoo()
             self._sxy[c.row, c.col] += c.data  # SpGEMM output has no duplicate (i, j)
+
+    def _flush_numba(self, a, b) -> None:
+        """CPU kernel over one buffer: moments and B's packing, A's transpose, the scatter."""
+        sa, sb = self._side["a"], self._side["b"]
+        # B's (index, value) pairs interleaved in one buffer of the values' width: int32 +
+        # float32 for float32 features (the products stay exact in float64 either way)
+        width = np.int32 if b[2].dtype == np.float32 else np.int64
+        packed = np.empty(2 * b[1].size, width)
+        with _numba_threads(self.n_threads):
+            _moments_and_pack(a[1], a[2], sa["sx"], sa["sxx"], sa["nnz"], sa["stored"], sa["vmin"],
+                              sa["vmax"], b[1], b[2], sb["sx"], sb["sxx"], sb["nnz"], sb["stored"],
+                              sb["vmin"], sb["vmax"], packed, packed.view(b[2].dtype))
+            if a[1].size == 0 or b[1].size == 0:
+                return
+            colptr, vals, start, length = _transpose_a(a[0], a[1], a[2], self.n_a, b[0],
+                                                       max(1, self.n_threads))
+            bounds = _balanced_bounds(colptr, length, 4 * self.n_threads)
+            _scatter_rows(self._sxy, colptr, vals, start, length, packed, packed.view(b[2].dtype),
+                          bounds, PREFETCH_AHEAD, 64 // packed.itemsize)
 
     # -- results ---------------------------------------------------------------------------
     def _finish_side(self, side: dict) -> dict:
