@@ -402,6 +402,40 @@ if HAVE_NUMBA:
                     for k in range(0, e, 2):
                         row[np.uint32(bi[k])] += a * np.float64(bv[k + 1])
 
+    @_njit
+    def _row_max8(r):  # pragma: no cover - compiled
+        """max(r) with eight independent lanes: the compiler turns the inner loop into one
+        vector max per eight values (a plain running max is a serial chain, ~3x slower)."""
+        lanes = np.full(8, -np.inf)
+        m = r.size - r.size % 8
+        for j in range(0, m, 8):
+            for k in range(8):
+                x = r[j + k]
+                lanes[k] = x if x > lanes[k] else lanes[k]
+        best = -np.inf
+        for k in range(8):
+            best = lanes[k] if lanes[k] > best else best
+        for j in range(m, r.size):
+            best = r[j] if r[j] > best else best
+        return best
+
+    @_njit
+    def _first_equal8(r, value):  # pragma: no cover - compiled
+        """The smallest j with ``r[j] == value`` (-1 if none), testing eight values at a time."""
+        m = r.size - r.size % 8
+        for j in range(0, m, 8):
+            hit = False
+            for k in range(8):
+                hit |= r[j + k] == value
+            if hit:
+                for k in range(8):
+                    if r[j + k] == value:
+                        return j + k
+        for j in range(m, r.size):
+            if r[j] == value:
+                return j
+        return -1
+
     @_pjit
     def _maxima(S, n, sx_a, inv_a, valid_a, sx_b, inv_b, neg_b, bounds):  # pragma: no cover
         """Row and column max/argmax of the Pearson matrix, computed on the fly from S.
@@ -432,14 +466,9 @@ if HAVE_NUMBA:
                 for j in range(n_b):  # vectorisable passes over one row
                     v = (n * row[j] - xs * sx_b[j]) * ui * inv_b[j]
                     r[j] = min(max(v, -1.0), 1.0) + neg_b[j]
-                best = -np.inf
-                for j in range(n_b):
-                    best = max(best, r[j])
+                best = _row_max8(r)
                 if best > -np.inf:
-                    for j in range(n_b):
-                        if r[j] == best:
-                            row_arg[i] = j
-                            break
+                    row_arg[i] = _first_equal8(r, best)
                     row_max[i] = best
                 for j in range(n_b):
                     gt = r[j] > cmax[j]
