@@ -172,6 +172,43 @@ def test_sparse_chunking_is_bitwise_stable_for_sxy(sparse_pair):
     assert np.array_equal(sxy[0], sxy[1]) and np.array_equal(sxy[0], sxy[2])
 
 
+def test_reset_forgets_everything(sparse_pair):
+    """A reused accumulator (reset: parallel zero fill of sxy) gives bitwise what a fresh one gives."""
+    a, b, _ = sparse_pair
+    acc = PearsonAccumulator(a.shape[1], b.shape[1], backend="cpu", n_threads=2)
+    acc.update(a * 3.0, b[::-1])  # other tokens first
+    acc.sxy
+    acc.reset()
+    assert acc.n_tokens == 0 and not acc.sxy.any()
+    acc.update(a, b)
+    fresh = PearsonAccumulator(a.shape[1], b.shape[1], backend="cpu", n_threads=2)
+    fresh.update(a, b)
+    assert np.array_equal(acc.sxy, fresh.sxy)
+    r1, r2 = acc.result(), fresh.result()
+    for k in ("row_max", "row_arg", "col_max", "col_arg", "sum_a", "min_b", "nnz_b"):
+        assert np.array_equal(r1[k], r2[k], equal_nan=r1[k].dtype.kind == "f"), k
+
+
+def test_wide_rows_take_the_sxy_prefetch_path_and_agree():
+    """B wide enough (8192 features: 64 KiB rows) for the kernel to prefetch sxy cells; the
+    sums are unchanged (prefetches are hints) and bitwise equal to the unprefetched kernel's."""
+    rng = np.random.default_rng(3)
+    a = sae_like(400, 24, 5, rng)
+    b = sae_like(400, 8192, 40, rng)
+    assert b.shape[1] * 8 >= P.SXY_PREFETCH_ROW_BYTES
+    acc = PearsonAccumulator(24, 8192, backend="cpu", n_threads=2)
+    acc.update(a, b)
+    np.testing.assert_allclose(acc.sxy, a.toarray().astype(np.float64).T @ b.toarray(), rtol=1e-12, atol=1e-12)
+    old = P.SXY_PREFETCH_ROW_BYTES
+    try:
+        P.SXY_PREFETCH_ROW_BYTES = 1 << 60  # off
+        off = PearsonAccumulator(24, 8192, backend="cpu", n_threads=2)
+        off.update(a, b)
+        assert np.array_equal(off.sxy, acc.sxy)
+    finally:
+        P.SXY_PREFETCH_ROW_BYTES = old
+
+
 def test_float64_sparse_values_keep_their_precision(sparse_pair):
     """float64 features (values float32 cannot hold) go through the 64-bit packed stream of
     the scatter: sxy equals the float64 reference sum, and the moments and maxima the
