@@ -21,8 +21,8 @@ Two input modes, one API (:class:`PearsonAccumulator`):
   Row ``i`` of ``sxy`` stays in cache while its tokens are processed, B's (index, value)
   pairs are read as one interleaved stream, and the B rows needed next are software-
   prefetched.  Per buffer, the per-feature moments of both sides and B's interleaving run as
-  three parallel tasks, and the transpose is parallel over token ranges.  On GPU a CuPy ``RawKernel`` does the same outer products
-  token-major with float64 ``atomicAdd``.
+  three parallel tasks, and the transpose is parallel over token ranges.  On GPU a CuPy
+  ``RawKernel`` does the same outer products token-major with float64 ``atomicAdd``.
 * **dense** (neuron baseline: MLP neurons, gate activations; large offsets, F ~ 512-3072):
   chunks are ``[tokens, F]`` arrays.  Every feature is *shifted* by its mean on the first
   chunk before anything is summed (Pearson is shift invariant), so the sums are sums of small
