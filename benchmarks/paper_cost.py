@@ -12,8 +12,8 @@ RWKV time- and channel-mix with d_ffn = 4 d) and a 50,304-row unembedding.
 
 Rates: MEASURED on this project's 2-core CPU machine (shared, loaded): the SAE step at
 d 768 -> 24,576 (SAELens' trainer, batch 4096: 480 tokens/s, PITFALLS.md) and the Pearson kernel
-at F = 24,576, mean L0 48 (144 M co-active products/s, 1 thread; 0.55 s zero-fill, 1.1 s row/col
-max, 4.8 s first touch of the 4.5 GiB of sums; ``benchmarks/pearson_kernel.py --features 24576
+at F = 24,576, mean L0 48 (185 M co-active products/s, 1 thread, C kernel; 0.43 s zero-fill, 1.07 s
+row/col max, 4.5 s first touch of the 4.5 GiB of sums; ``benchmarks/pearson_kernel.py --features 24576
 --tokens 20000 --threads 1``). ASSUMED (no GPU here): the H100 runs float32 matmuls at
 ``--gpu-efficiency`` of its 67 TFLOP/s FP32 peak; compressed Zarr writes go at ``--write-gbps``;
 a GPU job pays ``--job-overhead`` seconds of SLURM, Python and CUDA start-up; SAEs fire ``--l0``
@@ -29,8 +29,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 VOCAB = 50304
 CPU_SAE_TOKENS_PER_S = 480.0          # measured, d 768 -> 24,576
-CPU_PEARSON_PRODUCTS_PER_S = 144e6    # measured, 1 thread
-CPU_PEARSON_FIXED_S = 0.55 + 1.1 + 4.8  # zero-fill + row/col max + first touch, per pair job
+CPU_PEARSON_PRODUCTS_PER_S = 185e6    # measured, 1 thread (C kernel)
+CPU_PEARSON_FIXED_S = 0.43 + 1.07 + 4.5  # zero-fill + row/col max + first touch, per pair job
 CPU_FP64_FLOPS = 50e9                 # assumed
 H100_FP32 = 67e12
 

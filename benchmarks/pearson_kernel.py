@@ -9,7 +9,8 @@ a few features fire on 10-50% of tokens, the median on ~0.05%), mean L0 ``--l0``
 lognormal values.  B's features partly copy A's (so maxima are not all ~0) plus noise.
 
 Timed (wall and process CPU seconds; CPU seconds are the steadier number when other jobs
-share the machine; the load average is printed):
+share the machine; the load average is printed), best of ``--repeat`` interleaved rounds
+(ours, scipy, dense in turn, so that the machine's slow spells hit every method alike):
   ours    PearsonAccumulator (numba, ``--threads``), steady state of a pipeline that reuses
           one accumulator: reset() (zero-fill sxy) + stream 4096-token chunks (moments + sxy)
           + row/col max.  The one-off allocation/first touch of sxy is printed separately.
@@ -18,7 +19,7 @@ share the machine; the load average is printed):
   dense   float32 ``X^T Y`` via BLAS on dense chunks plus moments (densifying is not timed);
           for F > 4096 it runs on a token subset and is scaled linearly (printed)
 Peak memory: growth of the process peak RSS (VmHWM, reset per method) and the tracemalloc
-peak of NumPy allocations during the method.
+peak of NumPy allocations during the method (of its best round).
 
 Accuracy: MPPC row maxima the way the paper's public script computes them (bf16 inputs,
 torch bf16 matmul per chunk, fp32 sums, single-pass formula) vs this kernel's exact result.
@@ -129,70 +130,83 @@ def gib(x):
 # --------------------------------------------------------------------------------------
 # methods
 # --------------------------------------------------------------------------------------
-def run_ours(pairs, n_a, n_b, args):
+class Ours:
     """Steady state of a pipeline that reuses one accumulator across layer pairs: ``sxy`` is
-    allocated and first-touched once (timed separately: ``cold``), then each run is
+    allocated and first-touched once (timed separately: ``cold``), then each round is
     ``reset()`` (zero fill) + stream + ``result()``."""
-    acc = PearsonAccumulator(n_a, n_b, backend="cpu", n_threads=args.threads,
-                             buffer_tokens=args.batch or None)
-    with Measure() as cold:
-        acc.update(*pairs[0])
-        acc.sxy  # allocate + first touch of the F_A x F_B float64 accumulator
-    best = None
-    for _ in range(args.repeat):
+
+    def __init__(self, pairs, n_a, n_b, args):
+        self.pairs = pairs
+        self.acc = PearsonAccumulator(n_a, n_b, backend="cpu", n_threads=args.threads,
+                                      buffer_tokens=args.batch or None)
+        with Measure() as self.cold:
+            self.acc.update(*pairs[0])
+            self.acc.sxy  # allocate + first touch of the F_A x F_B float64 accumulator
+        self.acc.reset()  # load every compiled kernel once (numba's cache) outside the timings
+        self.acc.result()
+        self.best = None
+
+    def round(self):
+        acc = self.acc
         with Measure() as m_reset:
             acc.reset()  # zero-fills sxy
         with Measure() as m_acc:
-            for ca, cb in pairs:
+            for ca, cb in self.pairs:
                 acc.update(ca, cb)
             acc.sxy  # flush the last batch
         with Measure() as m_fin:
-            res = acc.result()
-        if best is None or m_acc.wall < best[1].wall:
-            best = (m_reset, m_acc, m_fin)
-    del acc
-    gc.collect()
-    return res, best, cold
+            self.res = acc.result()
+        if self.best is None or m_reset.wall + m_acc.wall + m_fin.wall < sum(m.wall for m in self.best):
+            self.best = (m_reset, m_acc, m_fin)
 
 
-def run_scipy(a, b, args, n_tokens):
+class Scipy:
     """Per batch ``A_b^T @ B_b`` (float64 SpGEMM) added into a dense float64 sxy; the batches
     are pre-sliced (not timed), sxy is allocated once and zero-filled inside the timing."""
-    s = np.zeros((a.shape[1], b.shape[1]))
-    s[:] = 1.0  # first touch outside the timing, as for ours
-    rows = args.batch or 65536
-    batches = [(x.astype(np.float64), y.astype(np.float64))
-               for x, y in zip(chunks(a[:n_tokens], rows), chunks(b[:n_tokens], rows))]
-    best = None
-    for _ in range(args.repeat):
+
+    def __init__(self, a, b, args, n_tokens):
+        self.s = np.zeros((a.shape[1], b.shape[1]))
+        self.s[:] = 1.0  # first touch outside the timing, as for ours
+        rows = args.batch or 65536
+        self.batches = [(x.astype(np.float64), y.astype(np.float64))
+                        for x, y in zip(chunks(a[:n_tokens], rows), chunks(b[:n_tokens], rows))]
+        self.best = None
+
+    def round(self):
+        with Measure() as m:
+            self.s[:] = 0.0
+            for x, y in self.batches:
+                c = (x.T.tocsr() @ y).tocoo()
+                self.s[c.row, c.col] += c.data
+        self.best = m if self.best is None or m.wall < self.best.wall else self.best
+
+
+class Dense:
+    """float32 ``X^T Y`` (BLAS) per chunk plus the moments, on pre-densified chunks."""
+
+    def __init__(self, a, b, args, n_tokens):
+        fa, fb = a.shape[1], b.shape[1]
+        self.s = np.zeros((fa, fb), np.float32)
+        self.s[:] = 1.0  # first touch outside the timing
+        rows = min(args.chunk, n_tokens)
+        self.xs = [(a[i : i + rows].toarray(), b[i : i + rows].toarray())
+                   for i in range(0, n_tokens, rows)]
+        self.best = None
+
+    def round(self):
+        s = self.s
+        fa, fb = s.shape
+        sx, sxx = np.zeros(fa, np.float64), np.zeros(fa, np.float64)
+        sy, syy = np.zeros(fb, np.float64), np.zeros(fb, np.float64)
         with Measure() as m:
             s[:] = 0.0
-            for x, y in batches:
-                c = (x.T.tocsr() @ y).tocoo()
-                s[c.row, c.col] += c.data
-        best = m if best is None or m.wall < best.wall else best
-    del s, batches
-    gc.collect()
-    return best
-
-
-def run_dense(a, b, args, n_tokens):
-    fa, fb = a.shape[1], b.shape[1]
-    s = np.zeros((fa, fb), np.float32)
-    sx, sxx = np.zeros(fa, np.float64), np.zeros(fa, np.float64)
-    sy, syy = np.zeros(fb, np.float64), np.zeros(fb, np.float64)
-    rows = min(args.chunk, n_tokens)
-    xs = [(a[i : i + rows].toarray(), b[i : i + rows].toarray()) for i in range(0, n_tokens, rows)]
-    with Measure() as m:
-        for x, y in xs:
-            s += x.T @ y
-            sx += x.sum(0)
-            sxx += (x * x).sum(0)
-            sy += y.sum(0)
-            syy += (y * y).sum(0)
-    del s, xs
-    gc.collect()
-    return m
+            for x, y in self.xs:
+                s += x.T @ y
+                sx += x.sum(0)
+                sxx += (x * x).sum(0)
+                sy += y.sum(0)
+                syy += (y * y).sum(0)
+        self.best = m if self.best is None or m.wall < self.best.wall else self.best
 
 
 def bf16_practice(a, b, rows_idx, chunk_rows, accumulate_bf16=False):
@@ -242,10 +256,21 @@ def bench_one(n_feat: int, args) -> dict:
           f"{(freq == 0).sum()} never fire")
     out = {"F": n_feat, "products": products}
 
-    # ours ------------------------------------------------------------------------------
+    # rounds: ours, scipy, dense, each the best of --repeat interleaved rounds, so that a slow
+    # spell of the machine (its speed drifts by a third over minutes) hits every method alike
     pairs = list(zip(chunks(a, args.chunk), chunks(b, args.chunk)))  # streamed chunks, not timed
-    res, (m_reset, m_acc, m_fin), cold = run_ours(pairs, n_feat, n_feat, args)
-    del pairs
+    ours = Ours(pairs, n_feat, n_feat, args)
+    n_sc = min(args.tokens, args.scipy_tokens or args.tokens)
+    scipy_ = Scipy(a, b, args, n_sc)
+    n_de = min(args.tokens, args.dense_tokens if n_feat > 4096 else max(args.dense_tokens, args.tokens))
+    dense = None if args.skip_dense else Dense(a, b, args, n_de)
+    for _ in range(args.repeat):
+        for method in (ours, scipy_, dense):
+            if method is not None:
+                method.round()
+                time.sleep(0.5)  # let BLAS / numba worker threads stop spinning before the next
+    res, (m_reset, m_acc, m_fin), cold = ours.res, ours.best, ours.cold
+    del pairs, ours
     sxy_gib = n_feat**2 * 8 / 2**30
     t_ours = m_reset.wall + m_acc.wall + m_fin.wall
     print(f"ours   : zero sxy {m_reset.wall:.2f}s + stream (moments, sxy) {m_acc.wall:.2f}s wall "
@@ -260,9 +285,7 @@ def bench_one(n_feat: int, args) -> dict:
           f"mean row max {np.nanmean(res['row_max']):.3f}")
     out.update(reset=m_reset.wall, acc=m_acc.wall, acc_cpu=m_acc.cpu, fin=m_fin.wall, cold=cold.wall)
 
-    # scipy ------------------------------------------------------------------------------
-    n_sc = min(args.tokens, args.scipy_tokens or args.tokens)
-    m = run_scipy(a, b, args, n_sc)
+    m = scipy_.best
     scale = args.tokens / n_sc
     note = "" if n_sc == args.tokens else f" (measured on {n_sc} tokens, scaled x{scale:.1f})"
     t_sc = m.wall * scale
@@ -273,21 +296,21 @@ def bench_one(n_feat: int, args) -> dict:
     print(f"         RATIO scipy/ours (zero + stream): {t_sc / (m_reset.wall + m_acc.wall):.1f}x wall, "
           f"{m.cpu * scale / (m_reset.cpu + m_acc.cpu):.1f}x cpu; end to end, both with our row/col "
           f"max pass: {(t_sc + m_fin.wall) / t_ours:.1f}x wall")
+    del scipy_
 
-    # dense ------------------------------------------------------------------------------
-    n_de = min(args.tokens, args.dense_tokens if n_feat > 4096 else max(args.dense_tokens, args.tokens))
-    if args.skip_dense:
-        n_de = 0
-    if n_de:
-        m = run_dense(a, b, args, n_de)
+    if dense is not None:
+        m = dense.best
         scale = args.tokens / n_de
         note = "" if n_de == args.tokens else f" (measured on {n_de} tokens, scaled x{scale:.1f})"
         flops = 2.0 * n_de * n_feat * n_feat
         print(f"dense  : float32 X^T Y + moments {m.wall * scale:8.1f}s wall ({m.cpu * scale:.0f}s cpu)"
               f"{note}, {flops / m.wall / 1e9:.0f} GFLOP/s; {m.mem()}")
         print(f"         RATIO dense/ours: {m.wall * scale / (m_reset.wall + m_acc.wall):.0f}x "
-              f"(sums), {m.wall * scale / t_ours:.0f}x (ours incl. row/col max)")
+              f"(sums); end to end, both with our row/col max pass: "
+              f"{(m.wall * scale + m_fin.wall) / t_ours:.0f}x")
         out["dense"] = m.wall * scale
+        del dense
+    gc.collect()
 
     # bf16 public practice ----------------------------------------------------------------
     if args.bf16_rows:
@@ -319,7 +342,8 @@ def main(argv=None):
     p.add_argument("--chunk", type=int, default=4096, help="token rows per streamed chunk")
     p.add_argument("--batch", type=int, default=0,
                    help="tokens per kernel call (ours) and per SpGEMM (scipy); 0: our default")
-    p.add_argument("--repeat", type=int, default=1, help="best of N for ours and scipy")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="interleaved rounds of ours, scipy and dense; each method's best is printed")
     p.add_argument("--dense-tokens", type=int, default=8192,
                    help="token subset for the dense baseline when F > 4096 (scaled linearly)")
     p.add_argument("--scipy-tokens", type=int, default=0, help="token subset for scipy (0: all)")

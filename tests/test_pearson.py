@@ -277,6 +277,108 @@ def test_without_numba(sparse_pair, offset_pair, monkeypatch):
     check_against_ref(pearson_pair(chunks(x, 700), chunks(y, 700), backend="cpu"), r2)
 
 
+def _run(a, b, chunk, **kw):
+    acc = PearsonAccumulator(a.shape[1], b.shape[1], backend="cpu", **kw)
+    for ca, cb in zip(chunks(a, chunk), chunks(b, chunk)):
+        acc.update(ca, cb)
+    sxy = acc.sxy.copy()
+    return sxy, acc.result()
+
+
+MOMENT_KEYS = ("sum_a", "sumsq_a", "nnz_a", "min_a", "max_a", "sum_b", "sumsq_b", "nnz_b",
+               "min_b", "max_b", "row_max", "row_arg", "col_max", "col_arg")
+
+
+def test_native_kernel_is_bitwise_the_numba_kernel(sparse_pair, monkeypatch):
+    """The C kernel (csrc/pearson.c: transpose, moments, AVX-512 and scalar scatter, row
+    prefetch) gives bitwise the numba kernel's sums, moments and maxima, for any chunking,
+    buffer and thread count; the prefetches are hints and change nothing."""
+    assert P.native_kernels() is not None, "csrc/pearson.c did not build (is a C compiler installed?)"
+    assert PearsonAccumulator(3, 3, backend="cpu").cpu_kernel == "native"  # the default here
+    rng = np.random.default_rng(11)
+    a2 = sae_like(6000, 300, 20, rng)
+    b2 = correlated(a2, 260, rng)
+    for a, b in (sparse_pair[:2], (a2, b2)):
+        ref_sxy, ref = _run(a, b, 512, cpu_kernel="numba", buffer_tokens=1500, n_threads=2)
+        cases = [(1, 256, 1, 1, 1), (512, 1500, 2, 1, 1), (4096, 10**6, 2, 0, 1),
+                 (700, 2000, 3, 1, 0), (333, 900, 2, 0, 0)]
+        for chunk, buf, threads, variant, row_min in cases:
+            monkeypatch.setattr(P, "NATIVE_VARIANT", variant)
+            monkeypatch.setattr(P, "ROW_PREFETCH_MIN_ENTRIES", row_min)
+            sxy, res = _run(a, b, chunk, cpu_kernel="native", buffer_tokens=buf, n_threads=threads)
+            assert np.array_equal(sxy, ref_sxy), (chunk, buf, threads, variant, row_min)
+            for k in MOMENT_KEYS:
+                assert np.array_equal(res[k], ref[k], equal_nan=res[k].dtype.kind == "f"), k
+    np.testing.assert_allclose(ref_sxy, a2.toarray().astype(np.float64).T @ b2.toarray(),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_native_kernel_wide_b_uses_int32_indices():
+    """More than 65,536 B features: B's indices no longer fit the uint16 stream; the int32
+    path gives the same sums as numba and the float64 reference."""
+    rng = np.random.default_rng(12)
+    n_b = 65536 + 700
+    a = sae_like(300, 3, 2, rng)
+    b = sae_like(300, n_b, 30, rng)
+    b = sp.hstack([b, sp.csr_matrix(a.toarray()[:, [0]] * 2.0)]).tocsr()  # a partner at the far end
+    sxy_c, res_c = _run(a, b, 128, cpu_kernel="native", n_threads=2)
+    sxy_n, res_n = _run(a, b, 128, cpu_kernel="numba", n_threads=2)
+    assert np.array_equal(sxy_c, sxy_n)
+    np.testing.assert_allclose(sxy_c, a.toarray().astype(np.float64).T @ b.toarray(), rtol=1e-12)
+    assert res_c["row_arg"][0] == n_b and res_c["row_max"][0] == pytest.approx(1.0)
+    assert np.array_equal(res_c["col_arg"], res_n["col_arg"])
+
+
+def test_native_kernel_checks_its_buffers(sparse_pair):
+    """The C path skips scipy's canonical-format and NumPy's finiteness checks and runs its
+    own: unsorted rows and duplicate entries are summed like the canonical matrix, an index out
+    of range or a NaN is an error naming the side that drops its buffer and changes no sum,
+    and a float64 side falls back to numba after the same check."""
+    a, b, r = sparse_pair
+    rng = np.random.default_rng(13)
+    coo = a.tocoo()
+    half = coo.data / 2  # exact halves: the duplicates sum back to the same float32 values
+    rows, cols = np.r_[coo.row, coo.row], np.r_[coo.col, coo.col]
+    vals = np.r_[half, coo.data - half].astype(np.float32)
+    order = np.argsort(rows * 1.0 + rng.random(rows.size) * 0.5, kind="stable")  # rows shuffled inside
+    indptr = np.searchsorted(rows[order], np.arange(a.shape[0] + 1)).astype(np.int64)
+    messy = (indptr, cols[order].astype(np.int32), vals[order])
+    assert not sp.csr_matrix((messy[2], messy[1], messy[0]), shape=a.shape).has_canonical_format
+    kept = [x.copy() for x in messy]
+    sxy_ref, ref = _run(a, b, 3000, cpu_kernel="numba")
+    acc = PearsonAccumulator(a.shape[1], b.shape[1], backend="cpu", cpu_kernel="native")
+    acc.update(messy, b)
+    assert np.array_equal(acc.sxy, sxy_ref)
+    res = acc.result()
+    for k in MOMENT_KEYS:
+        assert np.array_equal(res[k], ref[k], equal_nan=res[k].dtype.kind == "f"), k
+    assert all(np.array_equal(x, y) for x, y in zip(messy, kept))  # the caller's arrays untouched
+    bad_idx = messy[1].copy()
+    bad_idx[len(bad_idx) // 2] = a.shape[1] + 2
+    bad = (messy[0], bad_idx, messy[2])
+    acc = PearsonAccumulator(a.shape[1], b.shape[1], backend="cpu", cpu_kernel="native")
+    with pytest.raises(ValueError, match="A chunk has a feature index outside"):
+        acc.update(bad, b)
+        acc.result()
+    for side in (0, 1):  # NaN in a float32 buffer: an error naming the side; the buffer is
+        acc = PearsonAccumulator(a.shape[1], b.shape[1], backend="cpu", cpu_kernel="native",
+                                 buffer_tokens=1000)  # dropped, earlier buffers stay
+        acc.update(a[:1000], b[:1000])
+        x, y = a[1000:].copy(), b[1000:].copy()
+        (x, y)[side].data[7] = np.nan
+        with pytest.raises(ValueError, match=f"{'AB'[side]} chunk contains NaN"):
+            acc.update(x, y)
+        assert acc.n_tokens == 1000
+        ok = PearsonAccumulator(a.shape[1], b.shape[1], backend="cpu", cpu_kernel="numba")
+        ok.update(a[:1000], b[:1000])
+        assert np.array_equal(acc.sxy, ok.sxy) and np.array_equal(acc.result()["sum_b"], ok.result()["sum_b"])
+    acc = PearsonAccumulator(a.shape[1], b.shape[1], backend="cpu", cpu_kernel="native")
+    acc.update(messy, b.astype(np.float64))  # mixed widths: the numba scatter
+    res = acc.result()
+    check_against_ref(res, r)
+    np.testing.assert_allclose(acc.sxy, sxy_ref, rtol=1e-15)
+
+
 def test_xp_finaliser_matches_numba_finaliser(sparse_pair):
     """The array-module finaliser (GPU / no-numba path) agrees with the numba one."""
     a, b, _ = sparse_pair

@@ -51,8 +51,11 @@ def _cache_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def load(name: str) -> ctypes.CDLL | None:
-    """The compiled ``csrc/{name}.c`` as a CDLL, or None (with one warning) if it cannot be built."""
+def load(name: str, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """The compiled ``csrc/{name}.c`` as a CDLL, or None (with one warning) if it cannot be built.
+
+    ``extra_flags`` go after :data:`FLAGS` (e.g. ``-fno-fast-math`` for a kernel whose sums
+    must round exactly as its reference's)."""
     if os.environ.get("UNIVERSALITY_NATIVE", "1") == "0":
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -61,7 +64,7 @@ def load(name: str) -> ctypes.CDLL | None:
         return None
     source = SOURCES / f"{name}.c"
     key = hashlib.sha256(
-        b"\0".join([source.read_bytes(), " ".join(FLAGS + LINK).encode(), cc.encode(),
+        b"\0".join([source.read_bytes(), " ".join(FLAGS + list(extra_flags) + LINK).encode(), cc.encode(),
                     _cpu_id().encode(), sys.platform.encode()])
     ).hexdigest()[:16]
     target = _cache_dir() / f"{name}-{key}.so"
@@ -70,7 +73,7 @@ def load(name: str) -> ctypes.CDLL | None:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         obj = tmp[:-3] + ".o"
-        compile_cmd = [cc, *FLAGS, "-c", str(source), "-o", obj]
+        compile_cmd = [cc, *FLAGS, *extra_flags, "-c", str(source), "-o", obj]
         cmd = [cc, *LINK, obj, "-o", tmp, "-lm"]
         try:
             subprocess.run(compile_cmd, check=True, capture_output=True, text=True)

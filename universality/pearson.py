@@ -14,15 +14,17 @@ Two input modes, one API (:class:`PearsonAccumulator`):
 
 * **sparse** (SAE features, ReLU outputs that are mostly zero): chunks are CSR
   (``scipy.sparse`` matrices, or ``(indptr, indices, values)`` triples).  The cost is the
-  number of products ``sum_t nnz_A(t) * nnz_B(t)``, not ``N * F_A * F_B``.  On CPU a numba
+  number of products ``sum_t nnz_A(t) * nnz_B(t)``, not ``N * F_A * F_B``.  On CPU the
   kernel transposes A's buffered tokens to feature-major order (CSC) and, in parallel over
   blocks of A features (each thread owns whole rows of ``sxy``: no races, deterministic),
   adds ``a_ti * b_tj`` into ``sxy[i, j]`` for every token ``t`` where A feature ``i`` fires.
-  Row ``i`` of ``sxy`` stays in cache while its tokens are processed, B's (index, value)
-  pairs are read as one interleaved stream, and the B rows needed next are software-
-  prefetched.  Per buffer, the per-feature moments of both sides and B's interleaving run as
-  three parallel tasks, and the transpose is parallel over token ranges.  On GPU a CuPy
-  ``RawKernel`` does the same outer products token-major with float64 ``atomicAdd``.
+  Row ``i`` of ``sxy`` stays in cache while its tokens are processed.  For float32 features
+  this is C (``csrc/pearson.c``, built at first use: AVX-512 gather/scatter, B's indices as
+  uint16, the next row of ``sxy`` prefetched; Python threads run it, ctypes releasing the
+  GIL); numba kernels do the same where no C compiler is found and for float64 features
+  (B's (index, value) pairs as one interleaved stream, the B rows needed next prefetched).
+  On GPU a CuPy ``RawKernel`` does the same outer products token-major with float64
+  ``atomicAdd``.
 * **dense** (neuron baseline: MLP neurons, gate activations; large offsets, F ~ 512-3072):
   chunks are ``[tokens, F]`` arrays.  Every feature is *shifted* by its mean on the first
   chunk before anything is summed (Pearson is shift invariant), so the sums are sums of small
@@ -50,7 +52,7 @@ kernels sum every cell in token order, so results do not depend on chunking or t
 (``sxy`` is bitwise identical).  On CUDA the ``atomicAdd`` order varies from run to run: sums
 can differ in the last bit, so exact ties (duplicated features) may resolve either way there.
 
-Backends: ``backend="cpu"`` (NumPy/SciPy + numba), ``"cuda"`` (CuPy), ``"auto"`` (CUDA when
+Backends: ``backend="cpu"`` (NumPy/SciPy + C / numba), ``"cuda"`` (CuPy), ``"auto"`` (CUDA when
 CuPy imports and a GPU is visible).  Bookkeeping (moments, exclusion, finalisation) is written
 once against the array module returned by :func:`get_xp`; only the hot scatter differs.
 """
@@ -362,8 +364,9 @@ if HAVE_NUMBA:
                           b_idx, b_val, b_sx, b_sxx, b_nnz, b_stored, b_vmin, b_vmax,
                           packed, packed_val):  # pragma: no cover - compiled
         """Both sides' moments (one task per side, so every sum stays in token order) and,
-        as a third task, B's entries interleaved for the scatter: ``packed[2k]`` = index,
-        ``packed_val[2k+1]`` = value, two views of one buffer (one stream instead of two)."""
+        as a third task, B's entries interleaved for the numba scatter: ``packed[2k]`` =
+        index, ``packed_val[2k+1]`` = value, two views of one buffer (one stream instead of
+        two)."""
         for s in _nb.prange(3):
             if s == 0:
                 _sparse_moments(a_idx, a_val, a_sx, a_sxx, a_nnz, a_stored, a_vmin, a_vmax)
@@ -528,6 +531,81 @@ def _numba_threads(n: int):
 
 
 # --------------------------------------------------------------------------------------
+# C CPU kernel (csrc/pearson.c): float32 features; numba stays the fallback
+# --------------------------------------------------------------------------------------
+#: C scatter variant: 1 = AVX-512 gather/scatter where compiled in (else scalar), 0 = scalar.
+NATIVE_VARIANT = 1
+#: Record of one A entry in the C kernel's CSC buffer (``entry_t``): token, value.
+#: C kernel, rows narrower than SXY_PREFETCH_ROW_BYTES: prefetch row i+1 of sxy while row i
+#: is summed when feature i+1 has at least this many entries in the buffer (0: off).
+ROW_PREFETCH_MIN_ENTRIES = 1
+_ENTRY = np.dtype([("tok", np.int32), ("val", np.float32)])
+_pools: dict = {}
+
+
+def native_kernels():
+    """The compiled ``csrc/pearson.c`` (``ctypes.CDLL``, argument types set) or None (no
+    compiler, or ``UNIVERSALITY_NATIVE=0``).  Built without fast-math so that every sum
+    rounds as the numba kernels' do."""
+    import ctypes
+
+    from . import native
+
+    lib = native.load("pearson", ("-fno-fast-math", "-ffp-contract=off"))
+    if lib is not None and lib.pearson_scatter.restype is not None:
+        P, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        sigs = {
+            "pearson_count": [P, P, P, i64, i64, P],
+            "pearson_fill": [P, P, P, i64, i64, i64, P, P],
+            "pearson_moments": [P, P, P, i64, i64, i64, i64, P, P, P, P, P, P, P, P, i32],
+            "pearson_moments_commit": [P, i64, P, P, P, P, P, P],
+            "pearson_scatter": [P, i64, P, P, P, P, i32, P, i64, i64, i32, i64, i32,
+                                P, P, P, P, P, P],
+        }
+        for name, argtypes in sigs.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, None
+        lib.pearson_has_avx512.restype = ctypes.c_int
+        lib.pearson_count.restype = lib.pearson_moments.restype = ctypes.c_int
+    return lib
+
+
+def _pool(n: int):
+    """A process-wide pool of ``n`` threads (ctypes releases the GIL during a C call)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if n not in _pools:
+        _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="pearson")
+    return _pools[n]
+
+
+def _run_tasks(pool, tasks) -> list:
+    """Run the callables on the pool (or inline without one); their results, in order (the
+    first error is re-raised)."""
+    if pool is None:
+        return [t() for t in tasks]
+    return [f.result() for f in [pool.submit(t) for t in tasks]]
+
+
+def _work_bounds(work: np.ndarray, n_groups: int) -> np.ndarray:
+    """Split features into ``n_groups`` contiguous ranges of about equal ``work`` (the rule of
+    the numba ``_balanced_bounds``: group g ends after the first feature where the running
+    work reaches g / n_groups of the total)."""
+    cum = np.cumsum(work)
+    total = cum[-1] if cum.size else 0.0
+    bounds = np.searchsorted(cum, total * np.arange(n_groups + 1) / n_groups, side="left") + 1
+    bounds[0], bounds[-1] = 0, work.size
+    return np.minimum(bounds, work.size).astype(np.int64)
+
+
+def _ptr(x: np.ndarray, dtype) -> int:
+    """Address of ``x``'s data after checking what C will read (a wrong layout corrupts memory)."""
+    if x.dtype != dtype or not x.flags.c_contiguous:
+        raise TypeError(f"C kernel: expected a C-contiguous {np.dtype(dtype)} array, got {x.dtype}")
+    return x.ctypes.data
+
+
+# --------------------------------------------------------------------------------------
 # CuPy GPU kernel
 # --------------------------------------------------------------------------------------
 _CUDA_SRC = r"""
@@ -603,8 +681,11 @@ class PearsonAccumulator:
     n_threads:
         numba threads (CPU sparse path); default: the CPUs this process may use.
     cpu_kernel:
-        ``"auto"`` (numba if installed), ``"numba"`` or ``"scipy"`` (per-buffer SpGEMM
-        ``A^T B`` added into ``sxy``: the slow, dependency-free fallback).
+        ``"auto"`` (``native`` where it builds, else ``numba``, else ``scipy``),
+        ``"native"`` (numba bookkeeping, the products in C: ``csrc/pearson.c``, AVX-512
+        where the CPU has it; float64 features use the numba scatter), ``"numba"`` or
+        ``"scipy"`` (per-buffer SpGEMM ``A^T B`` added into ``sxy``: the slow,
+        dependency-free fallback).
 
     Memory: ``sxy`` is ``n_a * n_b`` float64 on the chosen device, allocated at the first
     update; everything else is O(n_a + n_b) plus the sparse buffer.
@@ -627,10 +708,14 @@ class PearsonAccumulator:
             raise ValueError(f"mode must be auto|sparse|dense, got {mode!r}")
         if dense_dtype not in ("float64", "float32"):
             raise ValueError(f"dense_dtype must be float64|float32, got {dense_dtype!r}")
-        if cpu_kernel not in ("auto", "numba", "scipy"):
-            raise ValueError(f"cpu_kernel must be auto|numba|scipy, got {cpu_kernel!r}")
-        if cpu_kernel == "numba" and not HAVE_NUMBA:
-            raise RuntimeError("cpu_kernel='numba' but numba is not installed (pip install numba)")
+        if cpu_kernel not in ("auto", "native", "numba", "scipy"):
+            raise ValueError(f"cpu_kernel must be auto|native|numba|scipy, got {cpu_kernel!r}")
+        if cpu_kernel in ("native", "numba") and not HAVE_NUMBA:
+            raise RuntimeError(f"cpu_kernel={cpu_kernel!r} but numba is not installed (pip install numba)")
+        self._lib = native_kernels() if cpu_kernel in ("auto", "native") and HAVE_NUMBA else None
+        if cpu_kernel == "native" and self._lib is None:
+            raise RuntimeError("cpu_kernel='native' but csrc/pearson.c could not be built (see the "
+                               "warning above; UNIVERSALITY_NATIVE=0 disables it)")
         self.n_a, self.n_b = int(n_a), int(n_b)
         self.backend = resolve_backend(backend)
         self.xp = get_xp(self.backend)
@@ -638,13 +723,18 @@ class PearsonAccumulator:
         self.dense_dtype = dense_dtype
         self.buffer_tokens = int(buffer_tokens or default_buffer_tokens(self.n_b))
         self.n_threads = int(n_threads or default_threads())
-        self.cpu_kernel = ("numba" if HAVE_NUMBA else "scipy") if cpu_kernel == "auto" else cpu_kernel
-        self._numba_path = self.backend == "cpu" and self.cpu_kernel == "numba"
+        if cpu_kernel == "auto":
+            cpu_kernel = "native" if self._lib is not None else ("numba" if HAVE_NUMBA else "scipy")
+        self.cpu_kernel = cpu_kernel
+        self._numba_path = self.backend == "cpu" and self.cpu_kernel in ("native", "numba")
         self.reset()
 
     # -- state ---------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget all tokens (keeps, and zeroes, an already allocated ``sxy``)."""
+        if getattr(self, "_pending", None) is not None:
+            self._wait()
+        self._pending = None
         self.n_tokens = 0
         self._side = {s: self._new_side(n) for s, n in (("a", self.n_a), ("b", self.n_b))}
         if getattr(self, "_sxy", None) is not None:
@@ -657,6 +747,7 @@ class PearsonAccumulator:
             self._sxy = None
         self._buf: list = []
         self._buf_tokens = 0
+        self._scratch_bufs: dict = getattr(self, "_scratch_bufs", {})
 
     def _new_side(self, n: int) -> dict:
         xp = self.xp
@@ -707,7 +798,11 @@ class PearsonAccumulator:
                 c = csp.csr_matrix(c)
             elif self.backend == "cpu" and not sp.issparse(c):
                 c = c.get()
-        if not c.has_canonical_format:  # duplicates would corrupt sum x^2 and min/max
+        # duplicates would corrupt sum x^2 and min/max.  The C kernel checks its float32
+        # buffers itself, in passes it makes anyway (scipy's canonical test and NumPy's
+        # isfinite here cost 5% of the stream at F = 4096)
+        deferred = self.cpu_kernel == "native" and self.backend == "cpu" and c.data.dtype == np.float32
+        if not deferred and not c.has_canonical_format:
             c = c.copy()
             c.sum_duplicates()
         data = c.data
@@ -715,7 +810,7 @@ class PearsonAccumulator:
             data = data.astype(xp.float32)
         indptr = xp.asarray(c.indptr, dtype=xp.int64)
         indices = xp.asarray(c.indices, dtype=xp.int32)
-        if data.size and not bool(xp.isfinite(data).all()):
+        if not deferred and data.size and not bool(xp.isfinite(data).all()):
             raise ValueError(f"{name} chunk contains NaN or inf")
         return indptr, indices, data
 
@@ -758,7 +853,7 @@ class PearsonAccumulator:
             self._buf_tokens += ta
             self.n_tokens += ta
             if self._buf_tokens >= self.buffer_tokens:
-                self._flush()
+                self._flush(wait=False)
         else:
             a = self._dense_array(a_chunk, self.n_a, "A")
             b = self._dense_array(b_chunk, self.n_b, "B")
@@ -799,15 +894,25 @@ class PearsonAccumulator:
         xp.maximum(side["vmax"], x64.max(axis=0), out=side["vmax"])
         return xc
 
-    def _flush(self) -> None:
-        """Run the sparse kernel over the buffered tokens."""
+    def _flush(self, wait: bool = True) -> None:
+        """Run the sparse kernel over the buffered tokens.  ``wait=False`` (from ``update``)
+        lets the C kernel's scatter run on while the caller reads the next chunks."""
         if not self._buf:
+            if wait:
+                self._wait()
             return
         a = _concat_rows([p[0] for p in self._buf])
         b = _concat_rows([p[1] for p in self._buf])
+        n_buf = self._buf_tokens
         self._buf, self._buf_tokens = [], 0
         if self._numba_path:
-            self._flush_numba(a, b)
+            try:
+                self._flush_numba(a, b)
+            except ValueError:  # the C check rejected the buffer: it is dropped, sums untouched
+                self.n_tokens -= n_buf
+                raise
+            if wait:
+                self._wait()
             return
         if a[1].size == 0 or b[1].size == 0:
             return
@@ -821,8 +926,16 @@ class PearsonAccumulator:
             self._sxy[c.row, c.col] += c.data  # SpGEMM output has no duplicate (i, j)
 
     def _flush_numba(self, a, b) -> None:
-        """CPU kernel over one buffer: moments and B's packing, A's transpose, the scatter."""
+        """CPU kernels over one buffer: the C kernel for float32 features where it is built
+        (``cpu_kernel="native"``), else numba: moments and B's packing, A's transpose, the
+        scatter."""
         sa, sb = self._side["a"], self._side["b"]
+        if self.cpu_kernel == "native":
+            if a[2].dtype == np.float32 and b[2].dtype == np.float32:
+                self._flush_native(a, b)
+                return
+            a, b = self._checked(a, self.n_a, "A"), self._checked(b, self.n_b, "B")
+        self._wait()  # the numba kernels below write sxy
         # B's (index, value) pairs interleaved in one buffer of the values' width: int32 +
         # float32 for float32 features (the products stay exact in float64 either way)
         width = np.int32 if b[2].dtype == np.float32 else np.int64
@@ -839,6 +952,126 @@ class PearsonAccumulator:
             s_ahead = SXY_PREFETCH_AHEAD if self.n_b * 8 >= SXY_PREFETCH_ROW_BYTES else 0
             _scatter_rows(self._sxy, colptr, vals, start, length, packed, packed.view(b[2].dtype),
                           bounds, PREFETCH_AHEAD, 64 // packed.itemsize, s_ahead)
+
+    def _wait(self) -> None:
+        """Wait for the C scatter still running from the last buffer (re-raising its error)."""
+        pending, self._pending = self._pending, None
+        for f in pending or ():
+            f.result()
+
+    def _scratch(self, name: str, size: int, dtype) -> np.ndarray:
+        """A reused work buffer of at least ``size`` elements (grown as needed): buffers of
+        this size are allocated per flush, and fresh pages cost a fault each on first use."""
+        buf = self._scratch_bufs.get(name)
+        if buf is None or buf.size < size:
+            buf = np.empty(max(size, int(1.25 * (0 if buf is None else buf.size))), dtype)
+            self._scratch_bufs[name] = buf
+        return buf[:size]
+
+    @staticmethod
+    def _repair(t, n: int, name: str, code: int):
+        """Act on a C check code for triple ``t`` (see ``csrc/pearson.c``): errors name the
+        side; a non-canonical buffer comes back with its duplicates summed and rows sorted."""
+        if code == 2:
+            raise ValueError(f"{name} chunk has a feature index outside [0, {n})")
+        if code == 3:
+            raise ValueError(f"{name} chunk contains NaN or inf")
+        # a copy: the arrays may be the caller's, and sum_duplicates works in place
+        m = sp.csr_matrix((t[2], t[1], t[0]), shape=(len(t[0]) - 1, n), copy=True)
+        m.sum_duplicates()  # sorts too
+        return m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data
+
+    def _checked(self, t, n: int, name: str):
+        """``t`` checked (and repaired) by the C pass, for a float32 side the numba kernel
+        takes (the other side is float64): its chunks skipped the Python checks."""
+        t = tuple(np.ascontiguousarray(x) for x in t)
+        if t[2].dtype != np.float32:
+            return t
+        counts = np.zeros(n, np.int64)
+        code = self._lib.pearson_count(_ptr(t[0], np.int64), _ptr(t[1], np.int32),
+                                       _ptr(t[2], np.float32), len(t[0]) - 1, n, counts.ctypes.data)
+        return self._repair(t, n, name, code) if code else t
+
+    def _flush_native(self, a, b) -> None:
+        """C kernel over one buffer of float32 features (``csrc/pearson.c`` has the steps).
+
+        A's count (with the buffer's check), then tasks on ``n_threads`` threads: A's
+        transpose and B's check and moments (and its uint16 indices), each split over feature
+        ranges; B's moments are committed once all succeeded; then the scatter over groups of A
+        features of about equal work, which also sums A's moments from the transposed
+        records.  A buffer that fails its check (NaN, index out of range) changes nothing."""
+        lib, nt = self._lib, self.n_threads
+        pool = _pool(nt) if nt > 1 else None
+        sa, sb = self._side["a"], self._side["b"]
+        keys = ("sx", "sxx", "nnz", "stored", "vmin", "vmax")
+        dts = (np.float64, np.float64, np.int64, np.int64, np.float64, np.float64)
+        a_mom = [_ptr(sa[k], dt) for k, dt in zip(keys, dts)]
+        b_mom = [_ptr(sb[k], dt) for k, dt in zip(keys, dts)]
+        a = tuple(np.ascontiguousarray(x) for x in a)
+        b = tuple(np.ascontiguousarray(x) for x in b)
+        n_rows = len(a[0]) - 1
+
+        def ptrs(t):
+            return _ptr(t[0], np.int64), _ptr(t[1], np.int32), _ptr(t[2], np.float32)
+
+        # A -> CSC: counts (and A's check), slots, then the records (token, value)
+        counts = np.zeros(self.n_a, np.int64)
+        code = lib.pearson_count(*ptrs(a), n_rows, self.n_a, counts.ctypes.data)
+        if code:
+            a = self._repair(a, self.n_a, "A", code)
+            counts[:] = 0
+            lib.pearson_count(*ptrs(a), n_rows, self.n_a, counts.ctypes.data)
+        ap, ai, av = ptrs(a)
+        colptr = np.zeros(self.n_a + 1, np.int64)
+        np.cumsum(counts, out=colptr[1:])
+        nxt = colptr[:-1].copy()
+        # the scatter of the previous buffer may still read its records and B's indices:
+        # this buffer's go to the other half of a double buffer
+        self._parity = side = 1 - getattr(self, "_parity", 0)
+        ent = self._scratch(f"entries{side}", a[1].size, _ENTRY)
+        tmp = self._scratch("moments", 8 * self.n_b, np.float64)
+        # B's indices as uint16 where they fit: a narrower stream for the scatter, written by
+        # the moments pass, which reads them anyway
+        wide = self.n_b > 65536
+        a_cut = np.linspace(0, self.n_a, nt + 1).astype(np.int64)
+        b_cut = np.linspace(0, self.n_b, nt + 1).astype(np.int64)
+        # every task reads all entries of its side and writes only its features
+        fill = [lambda k=k: lib.pearson_fill(ap, ai, av, n_rows, int(a_cut[k]), int(a_cut[k + 1]),
+                                             nxt.ctypes.data, ent.ctypes.data) for k in range(nt)]
+
+        def b_tasks(t, idx16):
+            bp_, bi_, bv_ = ptrs(t)
+            return [lambda k=k: lib.pearson_moments(
+                bp_, bi_, bv_, n_rows, self.n_b, int(b_cut[k]), int(b_cut[k + 1]), *b_mom,
+                tmp.ctypes.data, idx16.ctypes.data if (k == 0 and idx16 is not None) else None,
+                int(k == 0)) for k in range(nt)]
+
+        idx16 = None if wide else self._scratch(f"b_idx16{side}", b[1].size, np.uint16)
+        code = _run_tasks(pool, fill + b_tasks(b, idx16))[nt]
+        if code:  # B's check failed; nothing of B is committed yet
+            b = self._repair(b, self.n_b, "B", code)
+            idx16 = None if wide else self._scratch(f"b_idx16{side}", b[1].size, np.uint16)
+            _run_tasks(pool, b_tasks(b, idx16))
+        lib.pearson_moments_commit(tmp.ctypes.data, self.n_b, *b_mom)
+        # scatter work per A feature ~ its entries x (B's mean row + 8); groups are taken
+        # dynamically, which absorbs the estimate's error
+        bounds = _work_bounds(counts * (b[1].size / max(n_rows, 1) + 8.0), 4 * nt)
+        s_ahead = SXY_PREFETCH_AHEAD if self.n_b * 8 >= SXY_PREFETCH_ROW_BYTES else 0
+        row_min = 0 if s_ahead else ROW_PREFETCH_MIN_ENTRIES
+        bp, bi, bv = ptrs(b)
+        args = (_ptr(self._sxy, np.float64), self.n_b, colptr.ctypes.data, ent.ctypes.data, bp,
+                bi if wide else idx16.ctypes.data, int(wide), bv)
+        # the tasks hold the arrays whose addresses they pass, so that nothing they write to or
+        # read from is freed before they finish (even if the accumulator is dropped)
+        keep = (self._sxy, colptr, ent, b, idx16, sa)
+        tasks = [lambda g=g, keep=keep: lib.pearson_scatter(
+            *args, int(bounds[g]), int(bounds[g + 1]), s_ahead, row_min, NATIVE_VARIANT, *a_mom)
+            for g in range(bounds.size - 1) if bounds[g + 1] > bounds[g]]
+        self._wait()  # the previous buffer's scatter: rows of sxy may overlap this one's groups
+        if pool is None:
+            _run_tasks(None, tasks)
+        else:  # runs on while the caller reads the next chunks; _wait() collects it
+            self._pending = [pool.submit(t) for t in tasks]
 
     # -- results ---------------------------------------------------------------------------
     def _finish_side(self, side: dict) -> dict:
