@@ -245,40 +245,24 @@ static inline void row_prefetch_step(row_prefetch_t *rp)
         __builtin_prefetch(rp->next + 64 * rp->done, 1, 3);
 }
 
-static void scatter_scalar(double *restrict S, int64_t n_b, const int64_t *colptr, const entry_t *ent,
-                           const int64_t *b_indptr, const void *bidx, int wide, const float *bval,
-                           int64_t i0, int64_t i1, int s_ahead, int64_t min_entries, double *sx,
-                           double *sxx, int64_t *nnz, int64_t *stored, double *vmin, double *vmax)
+/* row[j] += a * b_j over B's entries s..e of one token: scalar, four cells per step (the
+ * indices are distinct, so four loads before four stores is safe and overlaps the latencies). */
+static inline void add_row_scalar(double *restrict row, double a, const void *bidx, int wide,
+                                  const float *bval, int64_t s, int64_t e)
 {
-    for (int64_t i = i0; i < i1; i++) {
-        double *restrict row = S + i * n_b;
-        row_prefetch_t rp;
-        row_prefetch_start(&rp, S, n_b, colptr, i, i1, min_entries);
-        acc_t mom;
-        acc_load(&mom, sx, sxx, nnz, vmin, vmax, i);
-        for (int64_t p = colptr[i]; p < colptr[i + 1]; p++) {
-            prefetch_cells(row, p, colptr[i + 1], ent, b_indptr, bidx, wide, s_ahead);
-            row_prefetch_step(&rp);
-            const double a = ent[p].val;
-            acc_add(&mom, a);
-            const int64_t s = b_indptr[ent[p].tok], e = b_indptr[ent[p].tok + 1];
-            int64_t k = s;
-            /* distinct indices: four loads before four stores is safe and overlaps the latencies */
-            for (; k + 4 <= e; k += 4) {
-                const uint32_t j0 = b_index(bidx, k, wide), j1 = b_index(bidx, k + 1, wide);
-                const uint32_t j2 = b_index(bidx, k + 2, wide), j3 = b_index(bidx, k + 3, wide);
-                const double v0 = row[j0] + a * bval[k], v1 = row[j1] + a * bval[k + 1];
-                const double v2 = row[j2] + a * bval[k + 2], v3 = row[j3] + a * bval[k + 3];
-                row[j0] = v0;
-                row[j1] = v1;
-                row[j2] = v2;
-                row[j3] = v3;
-            }
-            for (; k < e; k++)
-                row[b_index(bidx, k, wide)] += a * bval[k];
-        }
-        acc_store(&mom, sx, sxx, nnz, stored, vmin, vmax, i, colptr[i + 1] - colptr[i]);
+    int64_t k = s;
+    for (; k + 4 <= e; k += 4) {
+        const uint32_t j0 = b_index(bidx, k, wide), j1 = b_index(bidx, k + 1, wide);
+        const uint32_t j2 = b_index(bidx, k + 2, wide), j3 = b_index(bidx, k + 3, wide);
+        const double v0 = row[j0] + a * bval[k], v1 = row[j1] + a * bval[k + 1];
+        const double v2 = row[j2] + a * bval[k + 2], v3 = row[j3] + a * bval[k + 3];
+        row[j0] = v0;
+        row[j1] = v1;
+        row[j2] = v2;
+        row[j3] = v3;
     }
+    for (; k < e; k++)
+        row[b_index(bidx, k, wide)] += a * bval[k];
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -291,42 +275,24 @@ static inline __m256i b_index8(const void *bidx, int64_t k, int wide, __mmask8 m
     return _mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(m, (const uint16_t *)bidx + k));
 }
 
-static void scatter_avx512(double *S, int64_t n_b, const int64_t *colptr, const entry_t *ent,
-                           const int64_t *b_indptr, const void *bidx, int wide, const float *bval,
-                           int64_t i0, int64_t i1, int s_ahead, int64_t min_entries, double *sx,
-                           double *sxx, int64_t *nnz, int64_t *stored, double *vmin, double *vmax)
+/* The same with AVX-512: gather 8 cells, multiply-add, scatter back (no conflicts to resolve). */
+static inline void add_row_avx512(double *row, double a, const void *bidx, int wide,
+                                  const float *bval, int64_t s, int64_t e)
 {
-    for (int64_t i = i0; i < i1; i++) {
-        double *row = S + i * n_b;
-        row_prefetch_t rp;
-        row_prefetch_start(&rp, S, n_b, colptr, i, i1, min_entries);
-        acc_t mom;
-        acc_load(&mom, sx, sxx, nnz, vmin, vmax, i);
-        for (int64_t p = colptr[i]; p < colptr[i + 1]; p++) {
-            prefetch_cells(row, p, colptr[i + 1], ent, b_indptr, bidx, wide, s_ahead);
-            row_prefetch_step(&rp);
-            acc_add(&mom, ent[p].val);
-            const __m512d a = _mm512_set1_pd((double)ent[p].val);
-            const int64_t s = b_indptr[ent[p].tok], e = b_indptr[ent[p].tok + 1];
-            for (int64_t k = s; k < e; k += 8) {
-                const __mmask8 m = e - k >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (e - k)) - 1u);
-                const __m256i j = b_index8(bidx, k, wide, m);
-                const __m512d b = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, bval + k));
-                __m512d r = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m, j, row, 8);
-                /* mul then add (not FMA): the scalar variant's rounding for any input */
-                r = _mm512_add_pd(r, _mm512_mul_pd(a, b));
-                _mm512_mask_i32scatter_pd(row, m, j, r, 8);
-            }
-        }
-        acc_store(&mom, sx, sxx, nnz, stored, vmin, vmax, i, colptr[i + 1] - colptr[i]);
+    const __m512d va = _mm512_set1_pd(a);
+    for (int64_t k = s; k < e; k += 8) {
+        const __mmask8 m = e - k >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (e - k)) - 1u);
+        const __m256i j = b_index8(bidx, k, wide, m);
+        const __m512d b = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, bval + k));
+        __m512d r = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m, j, row, 8);
+        /* mul then add (not FMA): the scalar variant's rounding for any input */
+        r = _mm512_add_pd(r, _mm512_mul_pd(va, b));
+        _mm512_mask_i32scatter_pd(row, m, j, r, 8);
     }
 }
 #else
 #define HAVE_AVX512 0
 #endif
-
-/* 1 when the AVX-512 variant is compiled in. */
-int pearson_has_avx512(void) { return HAVE_AVX512; }
 
 /* S [.., n_b] float64 (C order); rows i0..i1 get their products, and A features i0..i1 their
  * moments (sx .. vmax [n_a], updated). B's entries: indices `bidx` (uint16 if wide == 0, else
@@ -339,15 +305,28 @@ void pearson_scatter(double *S, int64_t n_b, const int64_t *colptr, const entry_
                      int64_t i0, int64_t i1, int s_ahead, int64_t row_min_entries, int variant,
                      double *sx, double *sxx, int64_t *nnz, int64_t *stored, double *vmin, double *vmax)
 {
+    const int avx = HAVE_AVX512 && variant == 1;  /* loop-invariant: the compiler unswitches it */
+    (void)avx;
+    for (int64_t i = i0; i < i1; i++) {
+        double *row = S + i * n_b;
+        row_prefetch_t rp;
+        row_prefetch_start(&rp, S, n_b, colptr, i, i1, row_min_entries);
+        acc_t mom;
+        acc_load(&mom, sx, sxx, nnz, vmin, vmax, i);
+        for (int64_t p = colptr[i]; p < colptr[i + 1]; p++) {
+            prefetch_cells(row, p, colptr[i + 1], ent, b_indptr, bidx, wide, s_ahead);
+            row_prefetch_step(&rp);
+            const double a = ent[p].val;
+            acc_add(&mom, a);
+            const int64_t s = b_indptr[ent[p].tok], e = b_indptr[ent[p].tok + 1];
 #if HAVE_AVX512
-    if (variant == 1) {
-        scatter_avx512(S, n_b, colptr, ent, b_indptr, bidx, wide, bval, i0, i1, s_ahead,
-                       row_min_entries, sx, sxx, nnz, stored, vmin, vmax);
-        return;
-    }
+            if (avx) {
+                add_row_avx512(row, a, bidx, wide, bval, s, e);
+                continue;
+            }
 #endif
-    (void)variant;
-    scatter_scalar(S, n_b, colptr, ent, b_indptr, bidx, wide, bval, i0, i1, s_ahead, row_min_entries,
-                   sx, sxx, nnz, stored, vmin, vmax);
+            add_row_scalar(row, a, bidx, wide, bval, s, e);
+        }
+        acc_store(&mom, sx, sxx, nnz, stored, vmin, vmax, i, colptr[i + 1] - colptr[i]);
+    }
 }
-
