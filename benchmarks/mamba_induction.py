@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from universality import models, zoo
+from universality.models import registry as models
+from universality.zoo import train as zoo
 
 
 def main(argv=None):

@@ -48,7 +48,7 @@ def parse_args(argv=None):
                         "backward grows ~quadratically with length: keep the benchmark's length")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--scan-workers", type=int, default=None,
-                   help="threads for our selective scan (default: universality.scan.SCAN_WORKERS)")
+                   help="threads for our selective scan (default: universality.models.scan.SCAN_WORKERS)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -113,8 +113,8 @@ def main(argv=None):
     from transformers import MambaForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from universality import scan
-    from universality.mamba import MambaLM
+    from universality.models import scan
+    from universality.models.mamba import MambaLM
 
     if args.scan_workers:
         scan.SCAN_WORKERS = args.scan_workers

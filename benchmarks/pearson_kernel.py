@@ -35,7 +35,7 @@ import tracemalloc
 import numpy as np
 import scipy.sparse as sp
 
-from universality.pearson import HAVE_NUMBA, PearsonAccumulator
+from universality.compare.pearson import HAVE_NUMBA, PearsonAccumulator
 
 # --------------------------------------------------------------------------------------
 # data

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 # --------------------------------------------------------------------------------- data
 def make_activations(path: Path, n_train: int, n_eval: int, d: int, seed: int = 0,
                      n_true: int = 1024, mean_active: float = 12.0) -> Path:
-    from universality import store
+    from universality.core import store
 
     rng = np.random.default_rng(seed)
     dirs = rng.standard_normal((n_true, d)).astype(np.float32)
@@ -94,9 +94,9 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from universality import store
-    from universality.sae import SAE
-    from universality.train_sae import ShuffleBuffer, estimate_normalization, evaluate, split_rows, train_sae
+    from universality.core import store
+    from universality.sae.model import SAE
+    from universality.sae.train import ShuffleBuffer, estimate_normalization, evaluate, split_rows, train_sae
 
     arr = store.open_array(args.data)
     tr, ev, _ = split_rows(arr.shape[0], dict(arr.attrs))

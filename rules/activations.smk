@@ -9,7 +9,7 @@ rule activations:
     params:
         layers=layer_list,
         options=as_param(config["activations"]),
-        backend=config["backend"],  # torch device of the forward (universality.device)
+        backend=config["backend"],  # torch device of the forward (universality.core.device)
     log:
         R("logs", "activations", "{model}", "{site}.log"),
     threads: 2

@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, workflow.basedir)
 
-from universality.config import (as_param, load_config, model_layers, model_training, sae_options,
+from universality.workflow.config import (as_param, load_config, model_layers, model_training, sae_options,
                                  sae_seeds)
 
 _validated = load_config(config)
@@ -119,7 +119,7 @@ def mppc_targets():
 
 
 # --- report (issue 5): results/report/, rules/report.smk ---
-from universality.config import report_plan
+from universality.workflow.config import report_plan
 
 REPORT = report_plan(config)
 
@@ -160,7 +160,7 @@ def report_figure_outputs():
 
 
 # --- circuits (issue 6): results/circuits/, rules/circuits.smk ---
-from universality.config import circuit_models
+from universality.workflow.config import circuit_models
 
 CIRCUIT_MODELS = circuit_models(config)  # {"mamba": [...], "gpt_neox": [...]}
 

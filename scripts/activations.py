@@ -3,11 +3,12 @@ import json
 
 import click
 
-from universality.cli import entry
+from universality.core.cli import entry
 import torch
 
-from universality import activations, store
-from universality.device import BACKENDS, torch_device
+from universality.data import activations
+from universality.core import store
+from universality.core.device import BACKENDS, torch_device
 
 
 @click.command()

@@ -5,8 +5,9 @@ import click
 import torch
 from tqdm import tqdm
 
-from universality import circuits, store
-from universality.cli import entry
+from universality.circuits import induction as circuits
+from universality.core import store
+from universality.core.cli import entry
 
 
 @click.command()

@@ -6,8 +6,10 @@ import click
 import torch
 from tqdm import tqdm
 
-from universality import circuits, ioi, store
-from universality.cli import entry
+from universality.circuits import induction as circuits
+from universality.circuits import ioi
+from universality.core import store
+from universality.core.cli import entry
 
 
 @click.command()

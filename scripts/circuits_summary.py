@@ -4,9 +4,10 @@ import os
 import click
 import pandas as pd
 
-from universality import circuit_figures as figs
-from universality import circuits, store
-from universality.cli import entry
+from universality.circuits import figures as figs
+from universality.circuits import induction as circuits
+from universality.core import store
+from universality.core.cli import entry
 
 
 @click.command()

@@ -3,9 +3,9 @@ import json
 
 import click
 
-from universality.cli import entry
+from universality.core.cli import entry
 
-from universality import corpus as corpus_mod
+from universality.data import corpus as corpus_mod
 
 
 @click.command()

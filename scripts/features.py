@@ -4,9 +4,10 @@ from pathlib import Path
 
 import click
 
-from universality.cli import entry
-from universality import features, store
-from universality.device import BACKENDS, torch_device
+from universality.core.cli import entry
+from universality.sae import features
+from universality.core import store
+from universality.core.device import BACKENDS, torch_device
 
 
 @click.command()

@@ -4,9 +4,13 @@ import json
 import click
 import torch
 
-from universality.cli import entry
+from universality.core.cli import entry
 
-from universality import corpus, hub, models, store, zoo
+from universality.data import corpus
+from universality.zoo import hub
+from universality.models import registry as models
+from universality.core import store
+from universality.zoo import train as zoo
 
 
 @click.command()

@@ -3,8 +3,10 @@ import json
 
 import click
 
-from universality.cli import entry
-from universality import mppc, pearson, store
+from universality.core.cli import entry
+from universality.compare import mppc
+from universality.compare import pearson
+from universality.core import store
 
 
 @click.command()

@@ -3,8 +3,8 @@ import json
 
 import click
 
-from universality.cli import entry
-from universality import mppc
+from universality.core.cli import entry
+from universality.compare import mppc
 
 
 @click.command()

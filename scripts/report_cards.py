@@ -3,8 +3,10 @@ import json
 
 import click
 
-from universality.cli import entry
-from universality import cards, report, store
+from universality.core.cli import entry
+from universality.report import cards
+from universality.report import page as report
+from universality.core import store
 
 
 @click.command()

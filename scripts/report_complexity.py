@@ -1,8 +1,9 @@
 """Complexity scores of every feature of one model's SAEs (token-identity share, distinct top tokens)."""
 import click
 
-from universality.cli import entry
-from universality import complexity, store
+from universality.core.cli import entry
+from universality.report import complexity
+from universality.core import store
 
 
 @click.command()

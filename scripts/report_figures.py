@@ -3,8 +3,10 @@ import json
 
 import click
 
-from universality.cli import entry
-from universality import figures, report, store
+from universality.core.cli import entry
+from universality.report import figures
+from universality.report import page as report
+from universality.core import store
 
 
 @click.command()

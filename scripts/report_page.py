@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from universality.cli import entry
-from universality import report, store
+from universality.core.cli import entry
+from universality.report import page as report
+from universality.core import store
 
 
 @click.command()

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import click
 
-from universality.cli import entry
+from universality.core.cli import entry
 
-from universality import corpus, hub
+from universality.data import corpus
+from universality.zoo import hub
 
 
 @click.command()

@@ -3,9 +3,10 @@ import json
 
 import click
 
-from universality.cli import entry
+from universality.core.cli import entry
 
-from universality import corpus, store
+from universality.data import corpus
+from universality.core import store
 
 
 @click.command()

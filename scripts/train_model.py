@@ -3,11 +3,13 @@ import json
 
 import click
 
-from universality.cli import entry
+from universality.core.cli import entry
 import torch
 
-from universality import corpus, store, zoo
-from universality.models import save_model
+from universality.data import corpus
+from universality.core import store
+from universality.zoo import train as zoo
+from universality.models.registry import save_model
 
 
 @click.command()

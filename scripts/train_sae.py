@@ -5,9 +5,9 @@ from pathlib import Path
 import click
 import torch
 
-from universality.cli import entry
-from universality import saes
-from universality.device import BACKENDS, torch_device
+from universality.core.cli import entry
+from universality.sae import stage as saes
+from universality.core.device import BACKENDS, torch_device
 
 
 @click.command()

@@ -17,7 +17,7 @@ def repo():
     return REPO
 
 
-# --- the micro preset's run, shared by tests/test_pipeline.py and tests/test_report.py (one DAG run) ---
+# --- the micro preset's run, shared by tests/workflow/test_pipeline.py and tests/report/test_report.py (one DAG run) ---
 
 
 def snakemake(repo, workdir, *args, check=True):

@@ -1,0 +1,132 @@
+"""The micro preset end to end, then lineage: what a config change makes Snakemake plan."""
+import copy
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import snakemake  # the micro fixture is session-wide, in conftest.py
+
+pytestmark = pytest.mark.slow
+
+
+def planned_jobs(repo, workdir, configfile):
+    """{rule: count} that a dry run plans (empty when nothing is to be done)."""
+    out = snakemake(repo, workdir, "-n", "--configfile", str(configfile)).stdout
+    counts = {}
+    if "Job stats:" not in out:
+        assert "Nothing to be done" in out, out
+        return counts
+    table = out.split("Job stats:", 1)[1].splitlines()
+    for line in table[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        if m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_micro_pipeline_outputs(micro):
+    import json
+
+    from universality.core import store
+
+    work, _, cfg = micro
+    root = work / cfg["results"]
+    for name, spec in cfg["models"].items():
+        metrics = json.loads((root / "models" / f"{name}.json").read_text())
+        assert metrics["eval_loss_nats"] > 0 and metrics["unigram_entropy_nats"] > 0
+        assert (root / "models" / name / "config.json").exists()
+        for site in cfg["activations"]["sites"]:
+            manifest = json.loads((root / "activations" / name / f"{site}.json").read_text())
+            assert sorted(map(int, manifest["layers"])) == list(range(spec["n_layers"]))
+            arr = store.open_array(root / "activations" / name / site / "L0.zarr")
+            n = cfg["activations"]["eval_tokens"] + (cfg["activations"]["sae_tokens"] if site == "resid" else 0)
+            assert arr.shape[0] == n
+    for name, spec in cfg["models"].items():
+        for layer in range(spec["n_layers"]):
+            m = json.loads((root / "saes" / name / "resid" / f"L{layer}" / "seed0" / "metrics.json").read_text())
+            assert 0 < m["explained_variance"] <= 1 and m["ce_loss"]["clean"] > 0
+    for comp in cfg["comparisons"]:
+        summary = json.loads((root / "mppc" / f"{comp}.json").read_text())
+        assert summary["forward"]["features"] > 0 and -1 <= summary["forward"]["mean_mppc"] <= 1
+    assert not list(root.rglob("*.tmp-*")), "a temporary output was left behind"
+
+
+def test_nothing_to_do_after_a_run(repo, micro):
+    work, config, _ = micro
+    assert planned_jobs(repo, work, config) == {}
+
+
+def report_jobs(cfg, touched, models):
+    """The report's jobs that rerun when the comparisons ``touched`` and the SAEs of ``models`` change."""
+    from universality.workflow.config import report_plan, validate
+
+    plan = report_plan(validate(cfg))
+    jobs = {"report_figures": 1, "report_page": 1,
+            "report_cards": len(set(plan["cards"]) & set(touched)),
+            "report_complexity": sum(m in models for m, _ in plan["complexity"])}
+    return {k: v for k, v in jobs.items() if v}
+
+
+def test_changing_one_seed_reruns_that_model_only(repo, micro, tmp_path):
+    work, _, cfg = micro
+    cfg = copy.deepcopy(cfg)
+    cfg["models"]["neox-s1"]["seed"] = 7
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    n_sites = len(cfg["activations"]["sites"])
+    layers = cfg["models"]["neox-s1"]["n_layers"]
+    # every comparison that reads neox-s1, and its layer pairs
+    touched = {k: c for k, c in cfg["comparisons"].items() if "neox-s1" in (c["a"], c["b"])}
+    pairs = sum(cfg["models"][c["a"]]["n_layers"] * cfg["models"][c["b"]]["n_layers"] for c in touched.values())
+    assert touched and planned_jobs(repo, work, changed) == {
+        "train_model": 1, "activations": n_sites, "train_sae": layers, "features": layers,
+        "pearson_pair": pairs, "mppc": len(touched), "all": 1, **report_jobs(cfg, touched, ["neox-s1"]),
+        "circuits_heads": 1, "circuits_summary": 1}  # issue 6: neox-s1's heads, then the summary
+    out = snakemake(repo, work, "-n", "--configfile", str(changed)).stdout
+    assert "wildcards: model=neox-s1" in out and "model=neox-s0" not in out and "model=mamba-s0" not in out
+
+
+def test_changing_l1_of_one_mamba_layer_reruns_its_descendants_only(repo, micro, tmp_path):
+    work, _, cfg = micro
+    cfg = copy.deepcopy(cfg)
+    cfg["saes"]["overrides"] = {"mamba-s0": {"1": {"l1": 3.0}}}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    touched = {k: c for k, c in cfg["comparisons"].items() if c["kind"] == "sae" and "mamba-s0" in (c["a"], c["b"])}
+    # the SAE, its features, one layer pair per A layer of each comparison reading it, the reductions
+    pairs = sum(cfg["models"][c["a"]]["n_layers"] for c in touched.values())
+    assert planned_jobs(repo, work, changed) == {
+        "train_sae": 1, "features": 1, "pearson_pair": pairs, "mppc": len(touched), "all": 1,
+        **report_jobs(cfg, touched, ["mamba-s0"])}
+    out = snakemake(repo, work, "-n", "--configfile", str(changed)).stdout
+    assert re.search(r"wildcards: model=mamba-s0, site=resid, layer=1, seed=0", out), out
+
+
+def test_lint_is_clean(repo):
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_micro_circuits_outputs(micro):
+    """issue 6: every analysed model has its tables, the summary states the findings and figures."""
+    import json
+
+    import pandas as pd
+
+    work, _, cfg = micro
+    root = work / cfg["results"] / "circuits"
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["primary"] == {"mamba": "mamba-s0", "gpt_neox": "neox-s0"}
+    assert set(summary["gpt_neox"]) == {"neox-s0", "neox-s1"} and len(summary["findings"]) == 3
+    state = pd.read_csv(root / "mamba-s0" / "state.csv")
+    assert sorted(state.distance.unique()) == cfg["circuits"]["distances"]
+    assert sorted(state.layer.unique()) == list(range(cfg["models"]["mamba-s0"]["n_layers"]))
+    assert summary["mamba"]["mamba-s0"]["key_layer"] in set(state.layer)
+    heads = pd.read_csv(root / "neox-s0" / "head_patching.csv")
+    assert len(heads) == len(cfg["circuits"]["distances"]) * 2 * cfg["models"]["neox-s0"]["n_heads"] * 2
+    for fig in summary["figures"]:
+        assert (work / fig["path"]).stat().st_size > 10_000 and fig["caption"]

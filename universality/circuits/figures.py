@@ -1,0 +1,199 @@
+"""Figures of the induction-circuit tables (``universality.circuits.induction``), matplotlib, PNG.
+
+Every heat map shows the paper's metric: the mean change of the clean answer B's logit at the last
+position when the named component takes its value from the corrupted run (patched - clean, in
+logits; blue = the component carries evidence for B). Numbers are printed in the cells.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+
+from universality.circuits.induction import POSITIONS  # noqa: E402
+
+__all__ = ["mamba_state", "mamba_offbyone", "mamba_ioi", "neox_heads", "induction_circuits", "MAMBA_FIGURES",
+           "NEOX_FIGURES"]
+
+#: Figure file stems written per model (``circuits/{model}/{stem}.png``).
+MAMBA_FIGURES = ("state_patching", "off_by_one", "ioi")
+NEOX_FIGURES = ("heads",)
+DELTA = "Δ logit of B (patched − clean)"
+A_, B_ = "A'", "B'"   # the two corruptions: [A'][B]...[A] and [A][B']...[A]
+
+
+def _heatmap(ax, data: np.ndarray, rows, cols, title, xlabel, ylabel, fmt="{:.2f}", vmax=None,
+             cmap="RdBu", label=DELTA, centred=True):
+    vmax = vmax or float(np.nanmax(np.abs(data))) or 1.0
+    vmin = -vmax if centred else 0.0
+    im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            v = data[i, j]
+            dark = abs(v) > 0.6 * vmax if centred else v > 0.6 * vmax
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")
+    ax.figure.colorbar(im, ax=ax, shrink=0.85, label=label)
+
+
+def mamba_state(state: pd.DataFrame, model: str, path) -> None:
+    """Heat map distance x layer of SSM-state path patching ([A][B']...[A] into clean)."""
+    pivot = state.pivot_table(index="distance", columns="layer", values="logit_diff")
+    full = state.groupby("distance")["corrupt_logit_diff"].first()
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.45 * pivot.shape[1] + 3), 0.45 * pivot.shape[0] + 2.2))
+    _heatmap(ax, pivot.to_numpy(), [f"{d} (full {full[d]:+.2f})" for d in pivot.index], pivot.columns,
+             f"{model}: patch layer l's SSM state h from [A][B']…[A],\n"
+             "other layers' states frozen clean", "layer l", "distance A1→A2 (tokens)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, format="png")
+    plt.close(fig)
+
+
+def mamba_offbyone(ssm_in: pd.DataFrame, conv_in: pd.DataFrame, key: int, model: str, path) -> None:
+    """Left: c (SSM input) patched per layer and position (mean over distances). Right: x (conv
+    input) at the key layer under both corruptions."""
+    order = [p for p in POSITIONS if p in set(ssm_in.position)]
+    c = ssm_in.pivot_table(index="layer", columns="position", values="logit_diff")[order]
+    x = conv_in.pivot_table(index="corruption", columns="position", values="logit_diff")
+    x = x[[p for p in order if p in x.columns]]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 0.4 * len(c) + 3.0),
+                                 gridspec_kw={"width_ratios": [1.2, 1]})
+    _heatmap(a1, c.to_numpy(), c.index, order,
+             f"{model}: patch SSM input c at one position\n([A][B']…[A], mean over distances)",
+             "position of the patched c", "layer")
+    a1.axhline(key - 0.5, color="k", lw=0.8)
+    a1.axhline(key + 0.5, color="k", lw=0.8)
+    rows = ["[A][B']…[A]" if r == B_ else "[A'][B]…[A]" for r in x.index]
+    _heatmap(a2, x.to_numpy(), rows, x.columns,
+             f"patch conv input x at key layer {key}\n(mean over distances)",
+             "position of the patched x", "corrupted prompt")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, format="png")
+    plt.close(fig)
+
+
+def mamba_ioi(table: pd.DataFrame, model: str, path) -> None:
+    """Heat map layer x position of c patching on IOI-style prompts (paper Fig. 13)."""
+    pivot = table.pivot_table(index="layer", columns="position", values="logit_diff")
+    labels = dict(zip(table.position, table.token))
+    fig, ax = plt.subplots(figsize=(max(8, 0.55 * pivot.shape[1] + 3), 0.4 * len(pivot) + 2.6))
+    _heatmap(ax, pivot.to_numpy(), pivot.index, [labels[p] for p in pivot.columns],
+             f"{model}: IOI-style prompts [IO] … [S] … [S] …, patch SSM input c from [IO'] … [S'] … [S'] …\n"
+             f"(later layers' states frozen; full corruption Δ{table.corrupt_logit_diff.iloc[0]:+.2f})",
+             "position of the patched c (frame words are random tokens)", "layer",
+             label="Δ (logit IO − logit S), patched − clean")
+    ax.tick_params(axis="x", labelrotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, format="png")
+    plt.close(fig)
+
+
+def neox_heads(scores: pd.DataFrame, patching: pd.DataFrame, model: str, path) -> None:
+    """Attention scores and head patching per (layer, head)."""
+    prev = scores.pivot(index="layer", columns="head", values="prev_token")
+    ind = scores.pivot(index="layer", columns="head", values="induction")
+    eff = {c: patching[patching.corruption == c].pivot_table(index="layer", columns="head", values="logit_diff")
+           for c in ("B'", "A'")}
+    vmax = max(float(np.abs(e.to_numpy()).max()) for e in eff.values()) or 1.0
+    fig, axes = plt.subplots(2, 2, figsize=(11, 2 * (0.5 * len(prev) + 2.6)))
+    axes = axes.ravel()
+    _heatmap(axes[0], prev.to_numpy(), prev.index, prev.columns, f"{model}: previous-token score\n"
+             "mean attention q → q−1 on [BOS] R R", "head", "layer", vmax=1.0, cmap="Greens",
+             label="attention weight", centred=False)
+    _heatmap(axes[1], ind.to_numpy(), ind.index, ind.columns, "induction score\n"
+             "mean attention q → q−|R|+1 (2nd copy)", "head", "layer", vmax=1.0, cmap="Greens",
+             label="attention weight", centred=False)
+    for ax, (c, e) in zip(axes[2:], eff.items()):
+        prompt = "[A][B']…[A]" if c == "B'" else "[A'][B]…[A]"
+        _heatmap(ax, e.to_numpy(), e.index, e.columns, f"patch head output z from {prompt}\n"
+                 "(all positions, mean over distances)", "head", "layer", vmax=vmax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, format="png")
+    plt.close(fig)
+
+
+def _token(ax, x, y, text, color="#eeeeee"):
+    ax.add_patch(FancyBboxPatch((x - 0.32, y - 0.22), 0.64, 0.44, boxstyle="round,pad=0.02",
+                                fc=color, ec="k", lw=0.8))
+    ax.text(x, y, text, ha="center", va="center", fontsize=9)
+
+
+def _arrow(ax, p, q, text="", color="k", rad=0.0, offset=(0, 0.15)):
+    ax.add_patch(FancyArrowPatch(p, q, arrowstyle="-|>", mutation_scale=12, lw=1.4, color=color,
+                                 connectionstyle=f"arc3,rad={rad}"))
+    if text:
+        mx, my = (p[0] + q[0]) / 2 + offset[0], (p[1] + q[1]) / 2 + offset[1]
+        ax.text(mx, my, text, ha="center", va="bottom", fontsize=8, color=color)
+
+
+def induction_circuits(mamba: dict | None, neox: dict | None, path) -> None:
+    """Fig. 7 of the paper from our numbers: (a) the Mamba circuit, (b) the Transformer circuit.
+
+    ``mamba`` / ``neox`` are per-model summaries (``summarise_mamba`` / ``summarise_neox`` plus
+    ``model``); either may be None (that panel then says so).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    xs = {"A1": 0, "B1": 1, "B1+1": 2, "…": 3.2, "A2": 4.4}
+    for ax in axes:
+        ax.set_xlim(-0.8, 5.6)
+        ax.set_ylim(-0.7, 3.4)
+        ax.axis("off")
+        for label, x in xs.items():
+            _token(ax, x, 0, {"A1": "[A]", "B1": "[B]", "B1+1": "[·]", "…": "…", "A2": "[A]"}[label])
+            if label != "…":
+                ax.text(x, -0.45, label, ha="center", fontsize=8, color="0.35")
+        _token(ax, 5.1, 2.9, "B", color="#c9e7c9")
+    ax = axes[0]
+    if mamba:
+        k = mamba["key_layer"]
+        peak = mamba["ssm_in_peak_position"]
+        cdiff = mamba["ssm_in_logit_diff_by_position"]
+        xd = mamba["conv_in_logit_diff_by_position"]
+        px = xs.get(peak, 2)
+        ax.set_title(f"(a) {mamba['model']}: induction through the SSM state of layer {k}", fontsize=10)
+        _token(ax, px, 1.3, f"c (L{k})", color="#f6d6a8")
+        _arrow(ax, (xs["A1"], 0.25), (px - 0.1, 1.08), f"x[A1] Δ{xd.get(A_, {}).get('A1', 0):+.2f} (A')",
+               color="#8a4b00", rad=-0.2, offset=(-0.6, 0))
+        _arrow(ax, (xs["B1"], 0.25), (px, 1.08), f"x[B1] Δ{xd.get(B_, {}).get('B1', 0):+.2f} (B')",
+               color="#8a4b00", rad=-0.1, offset=(0.1, -0.1))
+        ax.text(px - 0.45, 1.3, f"conv → c at {peak}: Δ{cdiff[peak]:+.2f}\n(c at B1: Δ{cdiff.get('B1', 0):+.2f})",
+                ha="right", va="center", fontsize=8)
+        ax.plot([px, xs["A2"]], [2.2, 2.2], color="#1f5fa8", lw=3)
+        ax.text((px + xs["A2"]) / 2, 2.3, f"SSM state h (layer {k}), Δ{mamba['state_logit_diff_by_layer'][str(k)]:+.2f}",
+                ha="center", fontsize=8, color="#1f5fa8")
+        _arrow(ax, (px, 1.52), (px, 2.15), color="#1f5fa8")
+        _arrow(ax, (xs["A2"], 0.25), (xs["A2"], 2.15), "query", color="#1f5fa8", offset=(0.3, 0))
+        _arrow(ax, (xs["A2"], 2.25), (4.85, 2.8), color="#1f5fa8")
+        ax.text(-0.7, 3.15, f"full corruption [A][B']…[A]: Δ{mamba['corrupt_logit_diff']:+.2f}",
+                fontsize=8, color="0.3")
+    else:
+        ax.set_title("(a) no Mamba model analysed", fontsize=10)
+    ax = axes[1]
+    if neox:
+        p, i = neox["previous_token_head"], neox["induction_head"]
+        ax.set_title(f"(b) {neox['model']}: previous-token head + induction head", fontsize=10)
+        _arrow(ax, (xs["B1"], 0.25), (xs["A1"] + 0.1, 0.25), color="#8a4b00", rad=0.9)
+        ax.text(0.5, 0.95, f"{p['name']} prev-token\nscore {p['prev_token_score']:.2f}, "
+                f"patch Δ{p['logit_diff'].get(A_, 0):+.2f} (A')", ha="center", fontsize=8,
+                color="#8a4b00")
+        _arrow(ax, (xs["A2"], 0.25), (xs["B1"] + 0.1, 0.3), color="#1f5fa8", rad=0.35)
+        ax.text(2.7, 1.75, f"{i['name']} induction: attends A2 → B1\nscore {i['induction_score']:.2f}, "
+                f"patch Δ{i['logit_diff'].get(B_, 0):+.2f} (B')", ha="center", fontsize=8,
+                color="#1f5fa8")
+        _arrow(ax, (xs["A2"], 0.25), (4.85, 2.8), "copies B (OV)", color="#1f5fa8", offset=(0.35, 0))
+    else:
+        ax.set_title("(b) no GPT-NeoX model analysed", fontsize=10)
+    fig.text(0.5, 0.01, "Δ = mean change of B's logit at A2 when the component takes its corrupted value "
+             "(patched − clean); prompts [A][B]…[A] at all distances", ha="center", fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=130, format="png")
+    plt.close(fig)

@@ -1,0 +1,109 @@
+"""Sparse SAE feature activations over the shared evaluation tokens, stored as CSR in Zarr.
+
+Layout (the AnnData on-disk convention, so other tools read it): a Zarr group with attrs
+``encoding-type: csr_matrix``, ``shape: [tokens, F]`` and arrays ``indptr`` int64 [tokens + 1],
+``indices`` int32 [nnz], ``data`` float32 [nnz]; plus ``counts`` int64 [F] (tokens on which each
+feature fires). Rows are the ``eval`` segment of the activation store, in its order.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import zarr
+from tqdm import tqdm
+
+from universality.core import store
+from universality.core.device import as_device
+from universality.sae.model import SAE
+
+NNZ_CHUNK = 1 << 20
+
+
+def eval_range(array) -> tuple[int, int]:
+    """Row range of the eval segment of an activation store (all rows if it has no segments)."""
+    seg = dict(array.attrs).get("segments", {})
+    return tuple(seg["eval"]) if "eval" in seg else (0, array.shape[0])
+
+
+@torch.no_grad()
+def encode(sae_dir: str, acts_path: str, out: str, *, chunk_rows: int = 8192, attrs: dict | None = None,
+           device: str | torch.device = "cpu") -> dict:
+    """Encode the eval rows of ``acts_path`` with the SAE in ``sae_dir`` into a CSR store ``out``.
+
+    The encoder runs on ``device`` (see :mod:`universality.core.device`); each chunk's dense
+    ``[chunk_rows, F]`` activations come back to the CPU to be made sparse.
+    """
+    device = as_device(device)
+    sae = SAE.load(sae_dir, device=device)
+    acts = store.open_array(acts_path)
+    lo, hi = eval_range(acts)
+    n, f = hi - lo, sae.W_enc.shape[1]
+    counts = np.zeros(f, dtype=np.int64)
+    with store.atomic_output(out) as tmp:
+        group = zarr.open_group(str(tmp), mode="w", attributes={
+            "encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n, f],
+            "sae": str(sae_dir), "activations": str(acts_path), **(attrs or {})})
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        indices = group.create_array("indices", shape=(0,), dtype="int32", chunks=(NNZ_CHUNK,), compressors=store.compressor())
+        data = group.create_array("data", shape=(0,), dtype="float32", chunks=(NNZ_CHUNK,), compressors=store.compressor())
+        nnz = 0
+        for start in tqdm(range(lo, hi, chunk_rows), desc="features", unit="chunk", mininterval=5):
+            x = torch.from_numpy(np.asarray(acts[start : min(start + chunk_rows, hi)], dtype=np.float32))
+            csr = sp.csr_matrix(sae.encode(x.to(device)).cpu().numpy())
+            r0 = start - lo
+            indptr[r0 + 1 : r0 + 1 + csr.shape[0]] = nnz + csr.indptr[1:]
+            nnz += csr.nnz
+            indices.append(csr.indices.astype(np.int32))
+            data.append(csr.data.astype(np.float32))
+            counts += np.bincount(csr.indices, minlength=f)
+        group.create_array("indptr", data=indptr, chunks=(1 << 16,))
+        group.create_array("counts", data=counts, chunks=(f,))
+    return {"tokens": n, "features": f, "nnz": int(nnz), "mean_l0": nnz / max(n, 1),
+            "never_fired": int((counts == 0).sum())}
+
+
+class CSRStore:
+    """Row-chunked reads of a CSR feature store."""
+
+    def __init__(self, path: str):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"feature store not found: {path}")
+        self.group = zarr.open_group(str(path), mode="r")
+        self.shape = tuple(self.group.attrs["shape"])
+        self.indptr = np.asarray(self.group["indptr"][:])
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        a, b = int(self.indptr[start]), int(self.indptr[stop])
+        return sp.csr_matrix(
+            (np.asarray(self.group["data"][a:b]), np.asarray(self.group["indices"][a:b]),
+             self.indptr[start : stop + 1] - a),
+            shape=(stop - start, self.shape[1]),
+        )
+
+    def __getitem__(self, s: slice) -> sp.csr_matrix:
+        return self.rows(s.start or 0, min(s.stop, self.shape[0]))
+
+    def chunks(self, chunk_rows: int) -> Iterator[sp.csr_matrix]:
+        for start in range(0, self.shape[0], chunk_rows):
+            yield self.rows(start, min(start + chunk_rows, self.shape[0]))
+
+
+class DenseEval:
+    """The eval rows of a dense activation store (the neuron baseline), as row slices."""
+
+    def __init__(self, path: str):
+        self.array = store.open_array(path)
+        self.lo, self.hi = eval_range(self.array)
+        self.shape = (self.hi - self.lo, self.array.shape[1])
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        stop = min(s.stop, self.shape[0])
+        return np.asarray(self.array[self.lo + (s.start or 0) : self.lo + stop], dtype=np.float32)
+
+    def chunks(self, chunk_rows: int) -> Iterator[np.ndarray]:
+        for start in range(0, self.shape[0], chunk_rows):
+            yield self[start : start + chunk_rows]

@@ -1,0 +1,63 @@
+"""The SAE stage: train one SAE per (model, site, layer, seed) and evaluate it in the model.
+
+Training is :func:`universality.sae.train.train_sae`; this adds what needs the language model:
+CE-loss recovered when the SAE's reconstruction replaces the residual stream at its layer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from universality.data import corpus
+from universality.models import registry as models
+from universality.core import store
+from universality.zoo import train as zoo
+from universality.core.device import as_device
+from universality.sae.model import SAE
+from universality.sae.train import ce_loss_recovered, train_sae
+
+#: Keys of the config's `saes` section that are passed through to the trainer.
+TRAINER_KEYS = ("expansion", "l1", "lr", "lr_decay", "batch_size", "buffer_tokens", "checkpoint_every")
+
+
+def ce_losses(model, eval_set: str, layer: int, fn, windows: int) -> dict:
+    """Clean, spliced (resid -> ``fn(resid)``) and zero-ablated (resid -> 0) CE loss in nats,
+    over the first ``windows`` windows of the eval token set."""
+    tokens = corpus.TokenSet(eval_set)
+    max_len = int(tokens.attrs["max_len"])
+
+    def loss():
+        return zoo.eval_loss(model, tokens, max_len, batch=8, max_windows=windows)
+
+    clean = loss()
+    with models.patch_resid(model, layer, fn):
+        spliced = loss()
+    with models.patch_resid(model, layer, torch.zeros_like):
+        zero = loss()
+    return {"clean": clean, "spliced": spliced, "zero_ablated": zero}
+
+
+def train_and_evaluate(model_name, site, layer, seed, acts_path, model_dir, eval_set, options, out, threads,
+                       device: str | torch.device = "cpu"):
+    """Train the SAE (:func:`train_sae`) and, for ``resid``, add CE-loss recovered to its metrics.
+    Training, evaluation and the language model run on ``device`` (see :mod:`universality.core.device`)."""
+    device = as_device(device)
+    label = f"{model_name}/{site}/L{layer}/seed{seed}"
+    kwargs = {k: options[k] for k in TRAINER_KEYS if k in options}
+    metrics = train_sae(
+        acts_path, out, n_train_tokens=options["train_tokens"], seed=seed, label=label,
+        num_threads=threads, device=device,
+        metadata={"model_name": model_name, "site": site, "layer": layer, "sae_seed": seed,
+                  "hook_name": f"blocks.{layer}.hook_resid_post" if site == "resid" else f"blocks.{layer}.{site}"},
+        **kwargs,
+    )
+    if site == "resid" and options.get("ce_windows", 0) > 0:
+        lm = models.load_model(model_dir).to(device)
+        sae = SAE.load(out, device=device)
+        ce = ce_losses(lm, eval_set, layer, lambda x: sae(x.float())[0].to(x.dtype), options["ce_windows"])
+        ce["recovered"] = ce_loss_recovered(ce["clean"], ce["spliced"], ce["zero_ablated"])
+        metrics["ce_loss"] = ce
+        metrics["ce_loss_recovered"] = ce["recovered"]
+        store.write_json(Path(out) / "metrics.json", metrics)
+    return metrics

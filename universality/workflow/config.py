@@ -1,0 +1,299 @@
+"""Configuration: schema validation with defaults, then semantic checks with readable errors.
+
+The Snakefile calls :func:`load_config` once; every error names the offending key
+(``models.mamba-s0.arch``), file or value, so a researcher can fix the YAML without reading code.
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+
+#: Fields a trained (source: train) model of each architecture must state.
+REQUIRED_FIELDS = {
+    "gpt_neox": ("d_model", "n_layers", "n_heads", "train_tokens"),
+    "mamba": ("d_model", "n_layers", "train_tokens"),
+    "rwkv": ("d_model", "n_layers", "train_tokens"),
+}
+#: Fields a hub model must state so that the DAG can be planned without weights.
+REQUIRED_HUB_FIELDS = ("hub_id", "d_model", "n_layers")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key, file or value at fault."""
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _fill_defaults(node: Any, schema: dict) -> Any:
+    """Recursively insert ``default`` values of object properties (jsonschema does not)."""
+    if not isinstance(node, dict) or schema.get("type") not in ("object", None):
+        return node
+    for key, sub in schema.get("properties", {}).items():
+        if key not in node and "default" in sub:
+            node[key] = copy.deepcopy(sub["default"])
+        if key in node:
+            node[key] = _fill_defaults(node[key], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in node:
+            if key not in schema.get("properties", {}):
+                node[key] = _fill_defaults(node[key], extra)
+    return node
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def validate(config: dict, schema: dict | None = None) -> dict:
+    """Return a validated copy of ``config`` with defaults filled in; raise ConfigError."""
+    schema = schema or load_schema()
+    config = _fill_defaults(copy.deepcopy(dict(config)), schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"  {_key_path(e)}: {e.message}" for e in errors]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    _check_models(config)
+    _check_corpus(config)
+    _check_saes(config)
+    _check_comparisons(config)
+    _check_report(config)
+    _check_circuits(config)
+    return config
+
+
+def _apply_config_json(name: str, m: dict) -> None:
+    """Fill ``d_model``/``n_layers`` of a hub model from its pinned local config.json (no weights)."""
+    path = Path(m["config_json"])
+    if not path.is_file():
+        raise ConfigError(f"models.{name}.config_json: no such file {path}")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"models.{name}.config_json: {path} is not valid JSON ({e.msg})") from None
+    if hf.get("model_type") != m["arch"]:
+        raise ConfigError(f"models.{name}.arch: {m['arch']!r}, but {path} is a {hf.get('model_type')!r} config")
+    for key, hf_key in (("d_model", "hidden_size"), ("n_layers", "num_hidden_layers")):
+        if hf_key not in hf:
+            raise ConfigError(f"models.{name}.config_json: {path} has no {hf_key!r}")
+        if m.get(key) is None:
+            m[key] = hf[hf_key]
+        elif m[key] != hf[hf_key]:
+            raise ConfigError(f"models.{name}.{key}: {m[key]}, but {path} says {hf_key} = {hf[hf_key]}")
+
+
+def _check_models(config: dict) -> None:
+    for name, m in config["models"].items():
+        if m["source"] == "hub" and m.get("config_json"):
+            _apply_config_json(name, m)
+        required = REQUIRED_HUB_FIELDS if m["source"] == "hub" else REQUIRED_FIELDS[m["arch"]]
+        missing = [f for f in required if m.get(f) is None]
+        if missing:
+            raise ConfigError(
+                f"models.{name}: a {m['source']} {m['arch']} model needs "
+                + ", ".join(f"models.{name}.{f}" for f in missing)
+            )
+        if m["arch"] == "gpt_neox" and m["source"] == "train" and m["d_model"] % m["n_heads"]:
+            raise ConfigError(
+                f"models.{name}.n_heads: d_model {m['d_model']} is not divisible by {m['n_heads']} heads"
+            )
+        for layer in m.get("layers") or []:
+            if not 0 <= layer < m["n_layers"]:
+                raise ConfigError(
+                    f"models.{name}.layers: layer {layer} out of range [0, {m['n_layers']})"
+                )
+
+
+def _check_saes(config: dict) -> None:
+    s = config["saes"]
+    for site in s["sites"]:
+        if site not in config["activations"]["sites"]:
+            raise ConfigError(f"saes.sites: {site!r} is not collected (add it to activations.sites)")
+    for section in ("extra_seeds", "overrides"):
+        for model in s[section]:
+            if model not in config["models"]:
+                raise ConfigError(f"saes.{section}.{model}: no such model in `models`")
+    for model, layers in s["overrides"].items():
+        for layer, changes in layers.items():
+            if int(layer) not in model_layers(config, model):
+                raise ConfigError(f"saes.overrides.{model}.{layer}: layer out of range / not collected")
+            unknown = set(changes) - set(SAE_OVERRIDABLE)
+            if unknown:
+                raise ConfigError(f"saes.overrides.{model}.{layer}: unknown keys {sorted(unknown)}")
+
+
+def _check_comparisons(config: dict) -> None:
+    for name, c in config["comparisons"].items():
+        key = f"comparisons.{name}"
+        for side in ("a", "b"):
+            if c[side] not in config["models"]:
+                raise ConfigError(f"{key}.{side}: no model {c[side]!r} in `models`")
+        if c["kind"] == "sae":
+            if "resid" not in config["saes"]["sites"]:
+                raise ConfigError(f"{key}.kind: 'sae' needs 'resid' in saes.sites")
+            for side in ("a", "b"):
+                seed = c[f"seed_{side}"]
+                if seed not in sae_seeds(config, c[side]):
+                    raise ConfigError(
+                        f"{key}.seed_{side}: model {c[side]!r} has no SAE seed {seed} "
+                        f"(add it to saes.seeds or saes.extra_seeds.{c[side]})")
+        elif "neuron" not in config["activations"]["sites"]:
+            raise ConfigError(f"{key}.kind: 'neuron' needs 'neuron' in activations.sites")
+
+
+SAE_OVERRIDABLE = ("expansion", "l1", "lr", "lr_decay", "batch_size", "train_tokens")
+
+
+def sae_seeds(config: dict, model: str) -> list[int]:
+    s = config["saes"]
+    return sorted(set(s["seeds"]) | set(s["extra_seeds"].get(model, [])))
+
+
+def sae_options(config: dict, model: str, layer: int) -> dict:
+    """The SAE recipe of one (model, layer): the `saes` section with its overrides applied."""
+    s = config["saes"]
+    opts = {k: v for k, v in s.items() if k not in ("sites", "seeds", "extra_seeds", "overrides")}
+    opts.update(s["overrides"].get(model, {}).get(str(layer), {}))
+    return opts
+
+
+def _check_corpus(config: dict) -> None:
+    c = config["corpus"]
+    if c["source"] in ("glob", "jsonl", "hf") and not c["path"]:
+        raise ConfigError(f"corpus.path: required when corpus.source is {c['source']!r}")
+    if c["source"] == "glob" and not glob.glob(c["path"], recursive=True):
+        raise ConfigError(f"corpus.path: the glob {c['path']!r} matches no file")
+    if c["source"] == "jsonl" and not Path(c["path"]).is_file():
+        raise ConfigError(f"corpus.path: JSONL file not found: {c['path']}")
+    t = config["tokenizer"]
+    if t["type"] == "hub" and not t["hub_model"]:
+        raise ConfigError("tokenizer.hub_model: required when tokenizer.type is 'hub'")
+
+
+def load_config(config: dict) -> dict:
+    """Validate a config dict as Snakemake hands it over (the Snakefile's entry point)."""
+    return validate(config)
+
+
+def model_training(config: dict, model: str) -> dict:
+    """The training recipe of one model: the `training` section with the model's own
+    `training:` overrides applied (so changing one model's recipe reruns only that model)."""
+    return {**config["training"], **(config["models"][model].get("training") or {})}
+
+
+def model_layers(config: dict, model: str) -> list[int]:
+    """Layers of ``model`` whose activations are stored (all unless ``layers`` is given)."""
+    m = config["models"][model]
+    return list(m.get("layers") or range(m["n_layers"]))
+
+
+def as_param(obj: Any) -> str:
+    """A canonical JSON string for Snakemake ``params`` (repr-stable, key order fixed)."""
+    return json.dumps(obj, sort_keys=True)
+
+
+# --- report (issue 5): which comparison plays which role in the report ---
+
+
+def _same_a(x: dict, y: dict) -> bool:
+    return (x["kind"], x["a"], x["seed_a"]) == (y["kind"], y["a"], y["seed_a"])
+
+
+def report_plan(config: dict) -> dict:
+    """Roles of the comparisons in the report, from ``report`` keys or inferred from the config.
+
+    Returns ``{"main": [names with shift 0], "nulls": [shift > 0], "chance": {main: null or None},
+    "difference": [cross, skyline] or None, "cards": [names], "complexity": [[model, seed], ...]}``.
+    A comparison's chance level is the null with its kind, A and B (else the first with its A).
+    """
+    comps, r = config["comparisons"], config["report"]
+    main = [k for k, c in comps.items() if c["shift"] == 0]
+    nulls = [k for k, c in comps.items() if c["shift"] > 0]
+    key = lambda c: (c["kind"], c["a"], c["b"], c["seed_a"], c["seed_b"])
+    chance = {}
+    for k in main:
+        exact = [n for n in nulls if key(comps[n]) == key(comps[k])]
+        near = [n for n in nulls if _same_a(comps[n], comps[k])]
+        chance[k] = (exact + near + [None])[0]
+    difference = r["difference"]
+    if difference is None:
+        arch = lambda m: config["models"][m]["arch"]
+        sae = [k for k in main if comps[k]["kind"] == "sae"]
+        cross = [k for k in sae if arch(comps[k]["a"]) != arch(comps[k]["b"])]
+        for c in cross:
+            skyline = [k for k in sae if _same_a(comps[k], comps[c]) and comps[k]["b"] != comps[k]["a"]
+                       and arch(comps[k]["b"]) == arch(comps[k]["a"])]
+            if skyline:
+                difference = [c, skyline[0]]
+                break
+    cards = r["cards"]
+    if cards is None:
+        first_sae = [k for k in main if comps[k]["kind"] == "sae"][:1]
+        cards = [difference[0]] if difference else first_sae
+    complexity = sorted({(comps[k]["a"], comps[k]["seed_a"]) for k in main if comps[k]["kind"] == "sae"})
+    figures = ["distributions"] + (["difference"] if difference else []) + ["depth", "layer_groups",
+                                                                           "forward_reverse"]
+    figures += ["complexity"] if complexity else []
+    return {"main": main, "nulls": nulls, "chance": chance, "difference": difference,
+            "cards": list(cards), "complexity": [list(x) for x in complexity], "figures": figures}
+
+
+def _check_report(config: dict) -> None:
+    comps, r = config["comparisons"], config["report"]
+    for i, name in enumerate(r["difference"] or []):
+        if name not in comps:
+            raise ConfigError(f"report.difference[{i}]: no comparison {name!r} in `comparisons`")
+        if comps[name]["shift"]:
+            raise ConfigError(f"report.difference[{i}]: {name!r} is a permutation null (shift > 0)")
+    if r["difference"] and not _same_a(*(comps[n] for n in r["difference"])):
+        raise ConfigError(f"report.difference: {r['difference']} do not share A (kind, a, seed_a), "
+                          "so their features cannot be paired")
+    for i, name in enumerate(r["cards"] or []):
+        if name not in comps:
+            raise ConfigError(f"report.cards[{i}]: no comparison {name!r} in `comparisons`")
+        if comps[name]["kind"] != "sae":
+            raise ConfigError(f"report.cards[{i}]: {name!r} is a {comps[name]['kind']} comparison; cards need SAE features")
+    bins = r["card_bins"]
+    if any(b >= c for b, c in zip(bins, bins[1:])):
+        raise ConfigError(f"report.card_bins: {bins} is not strictly increasing")
+
+
+# --- circuits (issue 6): which models are analysed, and whether the prompts fit ---
+CIRCUIT_ARCHS = ("gpt_neox", "mamba")
+
+
+def circuit_models(config: dict) -> dict[str, list[str]]:
+    """``{"mamba": [...], "gpt_neox": [...]}``: the models the circuit rules analyse."""
+    names = config["circuits"]["models"]
+    if names is None:
+        names = [m for m, spec in config["models"].items() if spec["arch"] in CIRCUIT_ARCHS]
+    return {arch: [m for m in names if config["models"][m]["arch"] == arch] for arch in CIRCUIT_ARCHS}
+
+
+def _check_circuits(config: dict) -> None:
+    c = config["circuits"]
+    for i, name in enumerate(c["models"] or []):
+        if name not in config["models"]:
+            raise ConfigError(f"circuits.models[{i}]: no model {name!r} in `models`")
+        if config["models"][name]["arch"] not in CIRCUIT_ARCHS:
+            raise ConfigError(f"circuits.models[{i}]: {name!r} is {config['models'][name]['arch']}; "
+                              f"circuits support {list(CIRCUIT_ARCHS)}")
+    max_len = config["tokenizer"]["max_len"]
+    for i, d in enumerate(c["distances"]):
+        if d + 6 > max_len:  # BOS + 4 prefix tokens + A1..A2 (universality.circuits.induction.prompt_length)
+            raise ConfigError(f"circuits.distances[{i}]: a distance-{d} prompt has {d + 6} tokens, "
+                              f"more than tokenizer.max_len = {max_len}")
+    if 2 * c["score_length"] + 1 > max_len:
+        raise ConfigError(f"circuits.score_length: [BOS] R R rows of {2 * c['score_length'] + 1} tokens "
+                          f"exceed tokenizer.max_len = {max_len}")
