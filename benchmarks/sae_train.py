@@ -96,7 +96,10 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     from universality.core import store
     from universality.sae.model import SAE
-    from universality.sae.train import ShuffleBuffer, estimate_normalization, evaluate, split_rows, train_sae
+    from universality.sae.buffer import ShuffleBuffer, estimate_normalization, split_rows
+    from universality.sae.config import SAETrainConfig
+    from universality.sae.evaluate import evaluate
+    from universality.sae.train import train_sae
 
     arr = store.open_array(args.data)
     tr, ev, _ = split_rows(arr.shape[0], dict(arr.attrs))
@@ -119,9 +122,11 @@ def worker(args) -> None:
         _reset_peak()
         if args.worker == "ours":
             with tempfile.TemporaryDirectory() as tmp:
-                m = train_sae(args.data, Path(tmp) / "sae", expansion=args.expansion, l1=l1, lr=args.lr,
-                              batch_size=args.batch, n_train_tokens=args.tokens, seed=args.seed,
-                              checkpoint_every=0, progress=False, l1_warmup=0.05, grad_clip=1.0)
+                # lr_decay 0: constant lr, as the SAELens side below
+                cfg = SAETrainConfig(expansion=args.expansion, l1=l1, lr=args.lr, batch_size=args.batch,
+                                     train_tokens=args.tokens, checkpoint_every=0, l1_warmup=0.05,
+                                     grad_clip=1.0, lr_decay=0.0)
+                m = train_sae(args.data, Path(tmp) / "sae", cfg, seed=args.seed, progress=False)
             tok_s = m["training"]["tokens_per_s"]
             tok_cpu_s = (steps * args.batch) / max(m["training"]["loop_cpu_s"], 1e-9)
             peak = _vm("VmHWM") - base

@@ -22,7 +22,9 @@ from universality.sae import stage as saes
 from universality.core import store
 from universality.core.device import BACKENDS, as_device, device_of, torch_device
 from universality.sae.model import SAE
-from universality.sae.train import evaluate, train_sae
+from universality.sae.config import SAETrainConfig
+from universality.sae.evaluate import evaluate
+from universality.sae.train import train_sae
 from conftest import make_tokens as _make_tokens
 
 VOCAB, MAX_LEN, D = 40, 20, 16
@@ -83,12 +85,13 @@ def world(tmp_path_factory):
     sae_set, eval_set = make_tokens(root / "a.zarr", 40, 1), make_tokens(root / "b.zarr", 30, 2)
     activations.collect(str(root / "gpt_neox"), {"sae": sae_set, "eval": eval_set}, "resid", [0], 400, 200,
                         str(root / "acts"), model_name="m", dtype="float32", batch_size=8, chunk_rows=128)
-    train_sae(root / "acts" / "L0.zarr", root / "sae", **TRAIN)
+    train_sae(root / "acts" / "L0.zarr", root / "sae", TRAIN, progress=False)
     return root, sae_set, eval_set
 
 
-TRAIN = dict(expansion=4, l1=0.5, lr=3e-3, batch_size=32, n_train_tokens=32 * 20, buffer_tokens=128,
-             checkpoint_every=7, log_every=5, progress=False)
+# lr_decay 0: the trainer's default before SAETrainConfig took the schema's defaults
+TRAIN = SAETrainConfig(expansion=4, l1=0.5, lr=3e-3, batch_size=32, train_tokens=32 * 20, buffer_tokens=128,
+                       checkpoint_every=7, log_every=5, lr_decay=0.0)
 
 
 def collect(root, sae_set, eval_set, arch, out, **kw):
@@ -112,7 +115,7 @@ def test_activations_on_the_cpu_device_are_unchanged(world, tmp_path, arch):
 def test_train_sae_on_the_cpu_device_is_unchanged(world, tmp_path):
     root, _, _ = world
     acts = root / "acts" / "L0.zarr"
-    m = train_sae(acts, tmp_path / "cpu", device=torch_device("cpu"), **TRAIN)
+    m = train_sae(acts, tmp_path / "cpu", TRAIN, device=torch_device("cpu"), progress=False)
     a, b = load_file(str(root / "sae" / "sae_weights.safetensors")), load_file(str(tmp_path / "cpu" / "sae_weights.safetensors"))
     assert sorted(a) == sorted(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
     before = json.loads((root / "sae" / "metrics.json").read_text())
@@ -120,7 +123,7 @@ def test_train_sae_on_the_cpu_device_is_unchanged(world, tmp_path):
         assert m[key] == before[key]
     assert m["training"]["device"] == "cpu"
     with pytest.raises(Exception, match=META):
-        train_sae(acts, tmp_path / "meta", device="meta", **TRAIN)
+        train_sae(acts, tmp_path / "meta", TRAIN, device="meta", progress=False)
     assert not (tmp_path / "meta").exists()
 
 
@@ -136,10 +139,10 @@ def test_checkpoints_hold_cpu_tensors_and_no_device(world, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        train_sae(root / "acts" / "L0.zarr", tmp_path / "s", device="cpu", on_step=stop, **TRAIN)
+        train_sae(root / "acts" / "L0.zarr", tmp_path / "s", TRAIN, device="cpu", on_step=stop, progress=False)
     ckpt = sorted((tmp_path / "s.ckpt").glob("step_*"))[-1]
     assert "device" not in json.dumps(json.loads((ckpt / "state.json").read_text())["config"])
-    train_sae(root / "acts" / "L0.zarr", tmp_path / "s", device=torch.device("cpu"), **TRAIN)
+    train_sae(root / "acts" / "L0.zarr", tmp_path / "s", TRAIN, device=torch.device("cpu"), progress=False)
     a, b = load_file(str(root / "sae" / "sae_weights.safetensors")), load_file(str(tmp_path / "s" / "sae_weights.safetensors"))
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
 

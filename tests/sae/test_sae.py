@@ -15,19 +15,12 @@ import torch
 from safetensors.numpy import load_file as load_numpy
 
 from universality.core import store
+from universality.sae.buffer import ShuffleBuffer, estimate_normalization, holdout_split, split_rows
+from universality.sae.config import SAETrainConfig
+from universality.sae.evaluate import ce_loss_recovered, evaluate, explained_variance
 from universality.sae.model import SAE, loss_and_grads, paper_decoder_norm
-from universality.sae.train import (
-    Adam,
-    SAETrainingError,
-    ShuffleBuffer,
-    ce_loss_recovered,
-    estimate_normalization,
-    evaluate,
-    explained_variance,
-    holdout_split,
-    split_rows,
-    train_sae,
-)
+from universality.sae.optim import Adam
+from universality.sae.train import SAETrainingError, train_sae
 
 D, F = 16, 64
 
@@ -83,8 +76,9 @@ def acts(tmp_path_factory):
     return write_array(path, synthetic(3000), dtype="float16")
 
 
-FAST = dict(expansion=4, l1=0.5, lr=3e-3, batch_size=64, n_train_tokens=64 * 40, buffer_tokens=512,
-            checkpoint_every=0, log_every=5, progress=False)
+# lr_decay 0: the trainer's default before SAETrainConfig took the schema's defaults
+FAST = SAETrainConfig(expansion=4, l1=0.5, lr=3e-3, batch_size=64, train_tokens=64 * 40, buffer_tokens=512,
+                      checkpoint_every=0, log_every=5, lr_decay=0.0)
 
 
 def weights(path):
@@ -281,7 +275,7 @@ def test_split_rows_prefers_the_store_segments(tmp_path):
     data[1000:] = np.nan  # neither segment: must never be read
     path = tmp_path / "seg.zarr"
     store.create_array(path, data.shape, "float32", chunk_rows=100, attrs=seg)[:] = data
-    m = train_sae(path, tmp_path / "out", **{**FAST, "n_train_tokens": 64 * 30})
+    m = train_sae(path, tmp_path / "out", FAST.replace(train_tokens=64 * 30), progress=False)
     assert m["split"] == "segments" and m["eval_rows"] == [800, 1000] and m["train_rows"] == [0, 800]
     assert math.isfinite(m["explained_variance"])
 
@@ -364,7 +358,8 @@ def test_ce_loss_recovered():
 # ---------------------------------------------------------------------------- trainer
 def test_train_writes_complete_outputs(acts, tmp_path):
     out = tmp_path / "seed0"
-    m = train_sae(acts, out, label="neox-s0/resid/L0/seed0", metadata={"model": "neox-s0", "layer": 0}, **FAST)
+    m = train_sae(acts, out, FAST, label="neox-s0/resid/L0/seed0", metadata={"model": "neox-s0", "layer": 0},
+                  progress=False)
     assert sorted(p.name for p in out.iterdir()) == [
         "cfg.json", "metrics.json", "sae_weights.safetensors", "train_log.jsonl"]
     assert not (tmp_path / "seed0.ckpt").exists()
@@ -385,9 +380,9 @@ def test_train_writes_complete_outputs(acts, tmp_path):
 
 
 def test_same_config_and_seed_give_identical_weights(acts, tmp_path):
-    a = weights(train_sae(acts, tmp_path / "a", **FAST) and tmp_path / "a")
-    b = weights(train_sae(acts, tmp_path / "b", **FAST) and tmp_path / "b")
-    c = weights(train_sae(acts, tmp_path / "c", **{**FAST, "seed": 1}) and tmp_path / "c")
+    a = weights(train_sae(acts, tmp_path / "a", FAST, progress=False) and tmp_path / "a")
+    b = weights(train_sae(acts, tmp_path / "b", FAST, progress=False) and tmp_path / "b")
+    c = weights(train_sae(acts, tmp_path / "c", FAST, seed=1, progress=False) and tmp_path / "c")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["W_dec"], c["W_dec"])
 
@@ -404,17 +399,17 @@ def kill_after(k):
 
 
 def test_interrupted_run_resumes_bit_identical(acts, tmp_path):
-    cfg = {**FAST, "checkpoint_every": 6, "n_train_tokens": 64 * 33, "lr_decay": 0.2}
-    train_sae(acts, tmp_path / "full", **cfg)
+    cfg = FAST.replace(checkpoint_every=6, train_tokens=64 * 33, lr_decay=0.2)
+    train_sae(acts, tmp_path / "full", cfg, progress=False)
     out = tmp_path / "resumed"
     with pytest.raises(_Kill):
-        train_sae(acts, out, on_step=kill_after(15), **cfg)  # dies 3 steps after the step-12 ckpt
+        train_sae(acts, out, cfg, on_step=kill_after(15), progress=False)  # dies 3 steps after the step-12 ckpt
     assert not out.exists()
     ckpts = sorted(p.name for p in (tmp_path / "resumed.ckpt").glob("step_*"))
     assert ckpts == ["step_000000012"]
     with pytest.raises(_Kill):
-        train_sae(acts, out, on_step=kill_after(20), **cfg)  # a second kill, after resuming
-    m = train_sae(acts, out, **cfg)
+        train_sae(acts, out, cfg, on_step=kill_after(20), progress=False)  # a second kill, after resuming
+    m = train_sae(acts, out, cfg, progress=False)
     assert m["training"]["resumed_from_step"] == 18
     full, resumed = weights(tmp_path / "full"), weights(out)
     assert all(np.array_equal(full[k], resumed[k]) for k in full)
@@ -424,11 +419,11 @@ def test_interrupted_run_resumes_bit_identical(acts, tmp_path):
 
 
 def test_checkpoint_of_another_config_is_discarded(acts, tmp_path):
-    cfg = {**FAST, "checkpoint_every": 5}
+    cfg = FAST.replace(checkpoint_every=5)
     with pytest.raises(_Kill):
-        train_sae(acts, tmp_path / "x", on_step=kill_after(7), **cfg)
+        train_sae(acts, tmp_path / "x", cfg, on_step=kill_after(7), progress=False)
     assert (tmp_path / "x.ckpt" / "step_000000005").exists()
-    m = train_sae(acts, tmp_path / "x", **{**cfg, "l1": 0.6})
+    m = train_sae(acts, tmp_path / "x", cfg.replace(l1=0.6), progress=False)
     assert m["training"]["resumed_from_step"] == 0
 
 
@@ -437,14 +432,14 @@ def test_nan_stops_training_with_label_and_step(tmp_path):
     data[123] = np.nan
     path = write_array(tmp_path / "nan.zarr", data, chunk_rows=64)
     with pytest.raises(SAETrainingError, match=r"'pythia/L3/seed1'.*non-finite loss.*at step \d+"):
-        train_sae(path, tmp_path / "out", label="pythia/L3/seed1", normalize="none",
-                  **{**FAST, "n_train_tokens": 64 * 20})
+        train_sae(path, tmp_path / "out", FAST.replace(normalize="none", train_tokens=64 * 20),
+                  label="pythia/L3/seed1", progress=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_diverging_weights_stop_training(acts, tmp_path):
     with pytest.raises(SAETrainingError, match=r"'boom'.*non-finite.*at step \d+"):
-        train_sae(acts, tmp_path / "out", label="boom", **{**FAST, "lr": 1e38, "l1": 1e38})
+        train_sae(acts, tmp_path / "out", FAST.replace(lr=1e38, l1=1e38), label="boom", progress=False)
 
 
 def test_sigkilled_process_resumes_bit_identical(acts, tmp_path):
@@ -453,14 +448,15 @@ def test_sigkilled_process_resumes_bit_identical(acts, tmp_path):
     import subprocess
     import sys
 
-    cfg = {**FAST, "checkpoint_every": 4, "n_train_tokens": 64 * 14}
+    cfg = FAST.replace(checkpoint_every=4, train_tokens=64 * 14)
     out = tmp_path / "killed"
     code = (
         "import os, signal, sys\n"
+        "from universality.sae.config import SAETrainConfig\n"
         "from universality.sae.train import train_sae\n"
         "def hook(step):\n"
         "    if step == 10: os.kill(os.getpid(), signal.SIGKILL)\n"
-        f"train_sae({str(acts)!r}, {str(out)!r}, on_step=hook, **{cfg!r})\n"
+        f"train_sae({str(acts)!r}, {str(out)!r}, {cfg!r}, on_step=hook, progress=False)\n"
     )
     import universality
     root = os.path.dirname(os.path.dirname(os.path.abspath(universality.__file__)))
@@ -469,8 +465,8 @@ def test_sigkilled_process_resumes_bit_identical(acts, tmp_path):
     assert proc.returncode == -9, proc.stderr
     assert not out.exists()
     assert [p.name for p in (tmp_path / "killed.ckpt").glob("step_*")] == ["step_000000008"]
-    m = train_sae(acts, out, **cfg)
+    m = train_sae(acts, out, cfg, progress=False)
     assert m["training"]["resumed_from_step"] == 8
-    train_sae(acts, tmp_path / "clean", **cfg)
+    train_sae(acts, tmp_path / "clean", cfg, progress=False)
     a, b = weights(out), weights(tmp_path / "clean")
     assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -14,11 +14,10 @@ from universality.models import registry as models
 from universality.core import store
 from universality.zoo import train as zoo
 from universality.core.device import as_device
+from universality.sae.config import SAETrainConfig
+from universality.sae.evaluate import ce_loss_recovered
 from universality.sae.model import SAE
-from universality.sae.train import ce_loss_recovered, train_sae
-
-#: Keys of the config's `saes` section that are passed through to the trainer.
-TRAINER_KEYS = ("expansion", "l1", "lr", "lr_decay", "batch_size", "buffer_tokens", "checkpoint_every")
+from universality.sae.train import train_sae
 
 
 def ce_losses(model, eval_set: str, layer: int, fn, windows: int) -> dict:
@@ -40,22 +39,22 @@ def ce_losses(model, eval_set: str, layer: int, fn, windows: int) -> dict:
 
 def train_and_evaluate(model_name, site, layer, seed, acts_path, model_dir, eval_set, options, out, threads,
                        device: str | torch.device = "cpu"):
-    """Train the SAE (:func:`train_sae`) and, for ``resid``, add CE-loss recovered to its metrics.
-    Training, evaluation and the language model run on ``device`` (see :mod:`universality.core.device`)."""
+    """Train the SAE (:func:`train_sae`) with the recipe ``options`` (the `saes` keys of this
+    (model, layer), :meth:`SAETrainConfig.from_options`) and, for ``resid``, add CE-loss recovered
+    to its metrics. Training, evaluation and the language model run on ``device`` (see
+    :mod:`universality.core.device`)."""
     device = as_device(device)
+    cfg = SAETrainConfig.from_options(options)
     label = f"{model_name}/{site}/L{layer}/seed{seed}"
-    kwargs = {k: options[k] for k in TRAINER_KEYS if k in options}
     metrics = train_sae(
-        acts_path, out, n_train_tokens=options["train_tokens"], seed=seed, label=label,
-        num_threads=threads, device=device,
+        acts_path, out, cfg, seed=seed, label=label, num_threads=threads, device=device,
         metadata={"model_name": model_name, "site": site, "layer": layer, "sae_seed": seed,
                   "hook_name": f"blocks.{layer}.hook_resid_post" if site == "resid" else f"blocks.{layer}.{site}"},
-        **kwargs,
     )
-    if site == "resid" and options.get("ce_windows", 0) > 0:
+    if site == "resid" and cfg.ce_windows > 0:
         lm = models.load_model(model_dir).to(device)
         sae = SAE.load(out, device=device)
-        ce = ce_losses(lm, eval_set, layer, lambda x: sae(x.float())[0].to(x.dtype), options["ce_windows"])
+        ce = ce_losses(lm, eval_set, layer, lambda x: sae(x.float())[0].to(x.dtype), cfg.ce_windows)
         ce["recovered"] = ce_loss_recovered(ce["clean"], ce["spliced"], ce["zero_ablated"])
         metrics["ce_loss"] = ce
         metrics["ce_loss_recovered"] = ce["recovered"]

@@ -14,6 +14,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from universality.sae.config import SAETrainConfig
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
 #: Fields a trained (source: train) model of each architecture must state.
@@ -152,7 +154,8 @@ def _check_comparisons(config: dict) -> None:
             raise ConfigError(f"{key}.kind: 'neuron' needs 'neuron' in activations.sites")
 
 
-SAE_OVERRIDABLE = ("expansion", "l1", "lr", "lr_decay", "batch_size", "train_tokens")
+#: Keys of ``saes`` that ``saes.overrides.<model>.<layer>`` may change (from the trainer's config).
+SAE_OVERRIDABLE = SAETrainConfig.overridable()
 
 
 def sae_seeds(config: dict, model: str) -> list[int]:
@@ -161,9 +164,10 @@ def sae_seeds(config: dict, model: str) -> list[int]:
 
 
 def sae_options(config: dict, model: str, layer: int) -> dict:
-    """The SAE recipe of one (model, layer): the `saes` section with its overrides applied."""
+    """The SAE recipe of one (model, layer): the `saes` keys of :class:`SAETrainConfig` with the
+    overrides applied (``SAETrainConfig.from_options`` builds the trainer's config from it)."""
     s = config["saes"]
-    opts = {k: v for k, v in s.items() if k not in ("sites", "seeds", "extra_seeds", "overrides")}
+    opts = {k: s[k] for k in SAETrainConfig.schema_keys() if k in s}
     opts.update(s["overrides"].get(model, {}).get(str(layer), {}))
     return opts
 
