@@ -209,7 +209,7 @@ class Trainer:
             "train_rows": list(run.train_rows),
             "eval_rows": list(run.eval_rows),
             "split": split_source,
-            "ce_loss_recovered": None,  # needs the language model: see ce_loss_recovered()
+            "ce_loss_recovered": None,  # needs the language model: see sae.evaluate.ce_loss_recovered
             "training": {
                 "steps": run.n_steps, "tokens": run.n_steps * run.batch_size, "final_loss": self.last_loss,
                 "resumed_from_step": self.start_step, "wall_s": round(self.elapsed_before + self.run_s, 3),

@@ -14,7 +14,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from universality.circuits.config import CircuitsConfig
+from universality.compare.config import PearsonConfig
+from universality.data.config import ActivationsConfig, CorpusConfig, TokenizerConfig
+from universality.report.config import ReportConfig
 from universality.sae.config import SAETrainConfig
+from universality.zoo.config import TrainingConfig
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
@@ -170,6 +175,23 @@ def sae_options(config: dict, model: str, layer: int) -> dict:
     opts = {k: s[k] for k in SAETrainConfig.schema_keys() if k in s}
     opts.update(s["overrides"].get(model, {}).get(str(layer), {}))
     return opts
+
+
+def sae_config(config: dict, model: str, layer: int) -> SAETrainConfig:
+    """The trainer's config of one (model, layer): :func:`sae_options` as :class:`SAETrainConfig`."""
+    return SAETrainConfig.from_options(sae_options(config, model, layer))
+
+
+#: The dataclass of each defaulted section (the single source of its defaults); `saes`: sae_config.
+STAGE_CONFIGS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "training": TrainingConfig,
+                 "activations": ActivationsConfig, "pearson": PearsonConfig, "report": ReportConfig,
+                 "circuits": CircuitsConfig}
+
+
+def stage_config(config: dict, section: str):
+    """The validated ``config[section]`` as its :data:`STAGE_CONFIGS` dataclass (lists as tuples)."""
+    values = config[section]
+    return STAGE_CONFIGS[section](**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def _check_corpus(config: dict) -> None:
