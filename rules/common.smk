@@ -14,7 +14,7 @@ config.update(_validated)
 
 MODELS = list(config["models"])
 # Trained toy models and hub checkpoints write the same outputs (models/{model}/ + .json):
-# each rule is restricted to its own models (rules/models.smk, rules/hub.smk).
+# each rule is restricted to its own models (rules/zoo.smk).
 TRAINED_MODELS = [m for m in MODELS if config["models"][m]["source"] == "train"]
 HUB_MODELS = [m for m in MODELS if config["models"][m]["source"] == "hub"]
 

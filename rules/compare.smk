@@ -1,24 +1,3 @@
-rule features:
-    input:
-        sae=R("saes", "{model}", "{site}", "L{layer}", "seed{seed}"),
-        acts_dir=R("activations", "{model}", "{site}"),
-    output:
-        out=directory(R("features", "{model}", "{site}", "L{layer}", "seed{seed}.zarr")),
-        manifest=R("features", "{model}", "{site}", "L{layer}", "seed{seed}.json"),
-    params:
-        chunk_rows=config["pearson"]["feature_chunk_rows"],
-        backend=config["backend"],  # torch device of the encoder
-    log:
-        R("logs", "features", "{model}", "{site}", "L{layer}", "seed{seed}.log"),
-    threads: 1
-    resources:
-        mem_mb=3000,
-    conda:
-        "../envs/core.yaml"
-    script:
-        "../scripts/features.py"
-
-
 rule pearson_pair:
     input:
         a_input=comparison_input("a"),
