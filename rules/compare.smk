@@ -1,15 +1,19 @@
+# Pearson correlation of every layer pair of a comparison, reduced to MPPC tables (universality/compare).
+include: "helpers/compare.smk"
+
+
 rule pearson_pair:
     input:
         a_input=comparison_input("a"),
         b_input=comparison_input("b"),
     output:
-        out=R("pearson", "{comparison}", "A{la}_B{lb}.npz"),
+        out=paths.pearson("{comparison}", "{la}", "{lb}"),
     params:
-        a_store=lambda w: comparison_store(w.comparison, "a", w.la),
-        b_store=lambda w: comparison_store(w.comparison, "b", w.lb),
+        a_store=comparison_store_param("a"),
+        b_store=comparison_store_param("b"),
         options=comparison_params,
     log:
-        R("logs", "pearson", "{comparison}", "A{la}_B{lb}.log"),
+        paths.pearson_log("{comparison}", "{la}", "{lb}"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -23,13 +27,13 @@ rule mppc:
     input:
         pairs=comparison_pairs,
     output:
-        forward=R("mppc", "{comparison}.csv.gz"),
-        backward=R("mppc", "{comparison}.reverse.csv.gz"),
-        summary=R("mppc", "{comparison}.json"),
+        forward=paths.mppc("{comparison}"),
+        backward=paths.mppc_reverse("{comparison}"),
+        summary=paths.mppc_summary("{comparison}"),
     params:
-        comparison=lambda w: as_param(config["comparisons"][w.comparison]),
+        comparison=comparison_spec,
     log:
-        R("logs", "mppc", "{comparison}.log"),
+        paths.log("mppc", "{comparison}"),
     threads: 1
     resources:
         mem_mb=2000,

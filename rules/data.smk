@@ -1,13 +1,16 @@
+# Corpus, tokenizer, token sets and activations (universality/data).
+
+
 rule documents:
     output:
-        documents=R("corpus", "documents.jsonl"),
-        manifest=R("corpus", "manifest.json"),
+        documents=paths.documents(),
+        manifest=paths.corpus_manifest(),
     params:
         corpus=as_param(config["corpus"]),
         # A different Python has a different standard library: the default corpus changes.
         python=platform.python_version(),
     log:
-        R("logs", "documents.log"),
+        paths.log("documents"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -21,11 +24,11 @@ rule tokenizer:
     input:
         documents=rules.documents.output.documents,
     output:
-        out=R("tokenizer", "tokenizer.json"),
+        out=paths.tokenizer(),
     params:
         tokenizer=as_param(config["tokenizer"]),
     log:
-        R("logs", "tokenizer.log"),
+        paths.log("tokenizer"),
     threads: 2
     resources:
         mem_mb=4000,
@@ -40,12 +43,12 @@ rule tokens:
         documents=rules.documents.output.documents,
         tokenizer=rules.tokenizer.output.out,
     output:
-        out=directory(R("tokens", "{split}.zarr")),
-        manifest=R("tokens", "{split}.json"),
+        out=directory(paths.tokens("{split}")),
+        manifest=paths.tokens_manifest("{split}"),
     params:
         max_len=config["tokenizer"]["max_len"],
     log:
-        R("logs", "tokens", "{split}.log"),
+        paths.log("tokens", "{split}"),
     threads: 2
     resources:
         mem_mb=4000,
@@ -57,18 +60,18 @@ rule tokens:
 
 rule activations:
     input:
-        model_dir=R("models", "{model}"),
-        sae_set=R("tokens", "train.zarr"),
-        eval_set=R("tokens", "eval.zarr"),
+        model_dir=paths.model("{model}"),
+        sae_set=paths.tokens("train"),
+        eval_set=paths.tokens("eval"),
     output:
-        out=directory(R("activations", "{model}", "{site}")),
-        manifest=R("activations", "{model}", "{site}.json"),
+        out=directory(paths.activations("{model}", "{site}")),
+        manifest=paths.activations_manifest("{model}", "{site}"),
     params:
         layers=layer_list,
         options=as_param(config["activations"]),
         backend=config["backend"],  # torch device of the forward (universality.core.device)
     log:
-        R("logs", "activations", "{model}", "{site}.log"),
+        paths.log("activations", "{model}", "{site}"),
     threads: 2
     resources:
         mem_mb=6000,
