@@ -14,12 +14,10 @@ if not workflow.overwrite_configfiles:
 
 
 include: "rules/common.smk"
-include: "rules/corpus.smk"
-include: "rules/models.smk"
-include: "rules/hub.smk"
-include: "rules/activations.smk"
-include: "rules/saes.smk"
-include: "rules/mppc.smk"
+include: "rules/data.smk"
+include: "rules/zoo.smk"
+include: "rules/sae.smk"
+include: "rules/compare.smk"
 include: "rules/circuits.smk"
 include: "rules/report.smk"
 

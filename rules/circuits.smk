@@ -1,23 +1,24 @@
-# Induction circuits (issue 6; paper Sec. 6, App. G): Mamba path patching, GPT-NeoX heads.
-# Functions and model lists live in rules/common.smk (CIRCUIT_MODELS, circuit_*).
+# Induction circuits (issue 6; paper Sec. 6, App. G): Mamba path patching, GPT-NeoX heads
+# (universality/circuits).
+include: "helpers/circuits.smk"
 
 
 rule circuits_ssm:
     input:
-        model_dir=R("models", "{model}"),
-        tokenizer=R("tokenizer", "tokenizer.json"),
+        model_dir=paths.model("{model}"),
+        tokenizer=paths.tokenizer(),
     output:
-        state=R("circuits", "{model}", "state.csv"),
-        ssm_in=R("circuits", "{model}", "ssm_in.csv"),
-        conv_in=R("circuits", "{model}", "conv_in.csv"),
-        ioi_table=R("circuits", "{model}", "ioi.csv"),
-        summary=R("circuits", "{model}", "summary.json"),
+        state=paths.circuit_table("{model}", "state"),
+        ssm_in=paths.circuit_table("{model}", "ssm_in"),
+        conv_in=paths.circuit_table("{model}", "conv_in"),
+        ioi_table=paths.circuit_table("{model}", "ioi"),
+        summary=paths.circuit_summary("{model}"),
     wildcard_constraints:
         model=one_of(CIRCUIT_MODELS["mamba"]),
     params:
         options=circuit_options(),
     log:
-        R("logs", "circuits", "{model}.log"),
+        paths.log("circuits", "{model}"),
     threads: 1  # measured: 2 threads on 2 shared cores ran 4x slower than 1 (small ops)
     resources:
         mem_mb=circuit_mem_mb,
@@ -29,18 +30,18 @@ rule circuits_ssm:
 
 rule circuits_heads:
     input:
-        model_dir=R("models", "{model}"),
-        tokenizer=R("tokenizer", "tokenizer.json"),
+        model_dir=paths.model("{model}"),
+        tokenizer=paths.tokenizer(),
     output:
-        scores=R("circuits", "{model}", "head_scores.csv"),
-        patching=R("circuits", "{model}", "head_patching.csv"),
-        summary=R("circuits", "{model}", "summary.json"),
+        scores=paths.circuit_table("{model}", "head_scores"),
+        patching=paths.circuit_table("{model}", "head_patching"),
+        summary=paths.circuit_summary("{model}"),
     wildcard_constraints:
         model=one_of(CIRCUIT_MODELS["gpt_neox"]),
     params:
         options=circuit_options(),
     log:
-        R("logs", "circuits", "{model}.log"),
+        paths.log("circuits", "{model}"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -54,10 +55,10 @@ rule circuits_summary:
     input:
         summaries=circuit_summaries(),
     output:
-        summary=R("circuits", "summary.json"),
+        summary=paths.circuits_summary(),
         figures=circuit_figures(),
     log:
-        R("logs", "circuits", "summary.log"),
+        paths.log("circuits", "summary"),
     threads: 1
     resources:
         mem_mb=2000,

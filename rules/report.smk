@@ -1,18 +1,19 @@
-# The universality report (issue 5): numbers, figures, feature-pair cards, complexity, the page.
-# Helpers (REPORT plan, feature_stores, report_figure_outputs) are in rules/common.smk.
+# The universality report (issue 5): numbers, figures, feature-pair cards, complexity, the page
+# (universality/report).
+include: "helpers/report.smk"
 
 
 rule report_complexity:
     input:
-        stores=lambda w: feature_stores(w.model, w.seed),
-        tokens=R("tokens", "eval.zarr"),
+        stores=complexity_stores,
+        tokens=paths.tokens("eval"),
     output:
-        out=R("report", "complexity", "{model}", "seed{seed}.csv.gz"),
+        out=paths.complexity("{model}", "{seed}"),
     params:
-        layers=lambda w: layers_csv(w.model),
+        layers=layer_list,
         top_k=config["report"]["top_k"],
     log:
-        R("logs", "report", "complexity", "{model}", "seed{seed}.log"),
+        paths.complexity_log("{model}", "{seed}"),
     threads: 1
     resources:
         mem_mb=3000,
@@ -24,19 +25,19 @@ rule report_complexity:
 
 rule report_cards:
     input:
-        forward=R("mppc", "{comparison}.csv.gz"),
-        stores_a=lambda w: feature_stores(config["comparisons"][w.comparison]["a"], config["comparisons"][w.comparison]["seed_a"]),
-        stores_b=lambda w: feature_stores(config["comparisons"][w.comparison]["b"], config["comparisons"][w.comparison]["seed_b"]),
-        tokens=R("tokens", "eval.zarr"),
-        tokenizer=R("tokenizer", "tokenizer.json"),
+        forward=paths.mppc("{comparison}"),
+        stores_a=card_stores("a"),
+        stores_b=card_stores("b"),
+        tokens=paths.tokens("eval"),
+        tokenizer=paths.tokenizer(),
     output:
-        out=R("report", "cards", "{comparison}.json"),
+        out=paths.cards("{comparison}"),
     params:
-        layers_a=lambda w: layers_csv(config["comparisons"][w.comparison]["a"]),
-        layers_b=lambda w: layers_csv(config["comparisons"][w.comparison]["b"]),
-        options=as_param({k: config["report"][k] for k in ("card_bins", "cards_per_bin", "top_k", "context", "seed")}),
+        layers_a=card_layers("a"),
+        layers_b=card_layers("b"),
+        options=as_param({k: config["report"][k] for k in CARD_OPTIONS}),
     log:
-        R("logs", "report", "cards", "{comparison}.log"),
+        paths.log("report", "cards", "{comparison}"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -48,16 +49,16 @@ rule report_cards:
 
 rule report_figures:
     input:
-        forward=[R("mppc", f"{c}.csv.gz") for c in REPORT["main"] + REPORT["nulls"]],
-        backward=[R("mppc", f"{c}.reverse.csv.gz") for c in REPORT["main"] + REPORT["nulls"]],
-        complexity=[R("report", "complexity", m, f"seed{s}.csv.gz") for m, s in REPORT["complexity"]],
+        forward=[paths.mppc(c) for c in REPORT["main"] + REPORT["nulls"]],
+        backward=[paths.mppc_reverse(c) for c in REPORT["main"] + REPORT["nulls"]],
+        complexity=[paths.complexity(m, s) for m, s in REPORT["complexity"]],
     output:
-        summary=R("report", "summary.json"),
+        summary=paths.report_summary(),
         **report_figure_outputs(),
     params:
         setup=report_setup(),
     log:
-        R("logs", "report", "figures.log"),
+        paths.log("report", "figures"),
     threads: 1
     resources:
         mem_mb=3000,
@@ -70,16 +71,16 @@ rule report_figures:
 rule report_page:
     input:
         summary=rules.report_figures.output.summary,
-        figures=[R("report", "figures", f"{f}.png") for f in REPORT["figures"]],
+        figures=[paths.report_figure(f) for f in REPORT["figures"]],
         captions=[caption(f) for f in REPORT["figures"]],
-        cards=[R("report", "cards", f"{c}.json") for c in REPORT["cards"]],
+        cards=[paths.cards(c) for c in REPORT["cards"]],
         circuits=circuit_targets(),
     output:
-        page=R("report", "index.html"),
+        page=paths.report_page(),
     params:
         setup=as_param({"plan": REPORT, "report": config["report"], "results": config["results"]}),
     log:
-        R("logs", "report", "page.log"),
+        paths.log("report", "page"),
     threads: 1
     resources:
         mem_mb=1000,

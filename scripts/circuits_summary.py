@@ -8,6 +8,7 @@ from universality.circuits import figures as figs
 from universality.circuits import induction as circuits
 from universality.core import store
 from universality.core.cli import entry
+from universality.core.paths import ResultPaths
 
 
 @click.command()
@@ -15,39 +16,39 @@ from universality.core.cli import entry
 @click.option("--summary", required=True, type=click.Path(dir_okay=False), help="circuits/summary.json")
 @click.option("--figures", required=True, help="space-separated PNG paths this command must write")
 def main(summaries, summary, figures):
-    root = os.path.dirname(summary)
+    paths = ResultPaths(os.path.dirname(os.path.dirname(summary)))
+    if paths.circuits_summary() != summary:
+        raise click.BadParameter(f"{summary} is not <results>/circuits/summary.json", param_hint="--summary")
     per_model = [store.read_json(p) for p in summaries.split()]
     by_arch = {"mamba": [s for s in per_model if s["arch"] == "mamba"],
                "gpt_neox": [s for s in per_model if s["arch"] == "gpt_neox"]}
     written, captions, tables = [], {}, []
 
-    def out(*parts):
-        path = os.path.join(root, *parts)
+    def out(path):
         written.append(path)
         return path
 
     for s in by_arch["mamba"]:
-        d = os.path.join(root, s["model"])
-        t = {n: pd.read_csv(os.path.join(d, f"{n}.csv")) for n in ("state", "ssm_in", "conv_in", "ioi")}
-        tables += [os.path.join(d, f"{n}.csv") for n in t]
-        with store.atomic_output(out(s["model"], "state_patching.png")) as tmp:
+        t = {n: pd.read_csv(paths.circuit_table(s["model"], n)) for n in ("state", "ssm_in", "conv_in", "ioi")}
+        tables += [paths.circuit_table(s["model"], n) for n in t]
+        with store.atomic_output(out(paths.circuit_figure(s["model"], "state_patching"))) as tmp:
             figs.mamba_state(t["state"], s["model"], tmp)
         captions[written[-1]] = f"{s['model']}: SSM-state path patching per layer and distance"
-        with store.atomic_output(out(s["model"], "off_by_one.png")) as tmp:
+        with store.atomic_output(out(paths.circuit_figure(s["model"], "off_by_one"))) as tmp:
             figs.mamba_offbyone(t["ssm_in"], t["conv_in"], s["key_layer"], s["model"], tmp)
         captions[written[-1]] = f"{s['model']}: SSM input c per layer and position; conv input x at the key layer"
-        with store.atomic_output(out(s["model"], "ioi.png")) as tmp:
+        with store.atomic_output(out(paths.circuit_figure(s["model"], "ioi"))) as tmp:
             figs.mamba_ioi(t["ioi"], s["model"], tmp)
         captions[written[-1]] = f"{s['model']}: IOI-style prompts, SSM input c per layer and position"
     for s in by_arch["gpt_neox"]:
-        d = os.path.join(root, s["model"])
-        scores, patching = (pd.read_csv(os.path.join(d, f"{n}.csv")) for n in ("head_scores", "head_patching"))
-        tables += [os.path.join(d, f"{n}.csv") for n in ("head_scores", "head_patching")]
-        with store.atomic_output(out(s["model"], "heads.png")) as tmp:
+        names = ("head_scores", "head_patching")
+        scores, patching = (pd.read_csv(paths.circuit_table(s["model"], n)) for n in names)
+        tables += [paths.circuit_table(s["model"], n) for n in names]
+        with store.atomic_output(out(paths.circuit_figure(s["model"], "heads"))) as tmp:
             figs.neox_heads(scores, patching, s["model"], tmp)
         captions[written[-1]] = f"{s['model']}: previous-token / induction scores and head patching"
     primary = {arch: (ss[0] if ss else None) for arch, ss in by_arch.items()}
-    with store.atomic_output(out("induction_circuits.png")) as tmp:
+    with store.atomic_output(out(paths.induction_figure())) as tmp:
         figs.induction_circuits(primary["mamba"], primary["gpt_neox"], tmp)
     captions[written[-1]] = "Induction circuits side by side (paper Fig. 7), from our numbers"
     if sorted(written) != sorted(figures.split()):

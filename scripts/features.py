@@ -1,10 +1,10 @@
 """Encode the shared eval tokens with one SAE into sparse CSR feature activations (Zarr)."""
 import json
-from pathlib import Path
 
 import click
 
 from universality.core.cli import entry
+from universality.core.paths import layer_store
 from universality.sae import features
 from universality.core import store
 from universality.core.device import BACKENDS, torch_device
@@ -22,7 +22,7 @@ from universality.core.device import BACKENDS, torch_device
 @click.option("--manifest", required=True, type=click.Path(dir_okay=False))
 @click.option("--backend", default="auto", type=click.Choice(BACKENDS), help="torch device: auto|cpu|cuda")
 def main(model, site, layer, seed, sae, acts_dir, chunk_rows, out, manifest, backend):
-    info = features.encode(sae, str(Path(acts_dir) / f"L{layer}.zarr"), out, chunk_rows=chunk_rows,
+    info = features.encode(sae, layer_store(acts_dir, layer), out, chunk_rows=chunk_rows,
                            device=torch_device(backend),
                            attrs={"model": model, "site": site, "layer": layer, "seed": seed})
     store.write_json(manifest, info)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from universality.core.cli import entry
+from universality.core.paths import ResultPaths
 from universality.report import page as report
 from universality.core import store
 
@@ -39,7 +40,7 @@ def main(summary, figures, captions, cards, circuits, setup, page):
         inline = lambda p: "data:image/png;base64," + base64.b64encode(Path(p).read_bytes()).decode()
         circ = {"findings": c["findings"],
                 "figures": [{"src": inline(f["path"]), "caption": f["caption"]} for f in c["figures"]],
-                "tables": [{**t, "src": rel(Path(s["results"]) / t["src"])}
+                "tables": [{**t, "src": rel(ResultPaths(s["results"])(t["src"]))}
                            for t in report.circuit_tables(c, s["results"])]}
     text = report.render_page(store.read_json(summary), plan, figs, card_sets,
                               {"results": s["results"], "report": s["report"]}, circ)

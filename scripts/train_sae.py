@@ -1,11 +1,11 @@
 """Train one SAE on one layer's activations, then measure CE-loss recovered by splicing it in."""
 import json
-from pathlib import Path
 
 import click
 import torch
 
 from universality.core.cli import entry
+from universality.core.paths import layer_store
 from universality.sae import stage as saes
 from universality.core.device import BACKENDS, torch_device
 
@@ -25,7 +25,7 @@ from universality.core.device import BACKENDS, torch_device
 def main(model, site, layer, seed, acts_dir, model_dir, eval_set, options, out, threads, backend):
     torch.set_num_threads(threads)
     metrics = saes.train_and_evaluate(
-        model, site, layer, seed, Path(acts_dir) / f"L{layer}.zarr", model_dir, eval_set,
+        model, site, layer, seed, layer_store(acts_dir, layer), model_dir, eval_set,
         json.loads(options), out, threads, device=torch_device(backend),
     )
     click.echo(json.dumps(metrics, indent=2))

@@ -1,0 +1,81 @@
+# Corpus, tokenizer, token sets and activations (universality/data).
+
+
+rule documents:
+    output:
+        documents=paths.documents(),
+        manifest=paths.corpus_manifest(),
+    params:
+        corpus=as_param(config["corpus"]),
+        # A different Python has a different standard library: the default corpus changes.
+        python=platform.python_version(),
+    log:
+        paths.log("documents"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/documents.py"
+
+
+rule tokenizer:
+    input:
+        documents=rules.documents.output.documents,
+    output:
+        out=paths.tokenizer(),
+    params:
+        tokenizer=as_param(config["tokenizer"]),
+    log:
+        paths.log("tokenizer"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/tokenizer.py"
+
+
+rule tokens:
+    input:
+        documents=rules.documents.output.documents,
+        tokenizer=rules.tokenizer.output.out,
+    output:
+        out=directory(paths.tokens("{split}")),
+        manifest=paths.tokens_manifest("{split}"),
+    params:
+        max_len=config["tokenizer"]["max_len"],
+    log:
+        paths.log("tokens", "{split}"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/tokens.py"
+
+
+rule activations:
+    input:
+        model_dir=paths.model("{model}"),
+        sae_set=paths.tokens("train"),
+        eval_set=paths.tokens("eval"),
+    output:
+        out=directory(paths.activations("{model}", "{site}")),
+        manifest=paths.activations_manifest("{model}", "{site}"),
+    params:
+        layers=layer_list,
+        options=as_param(config["activations"]),
+        backend=config["backend"],  # torch device of the forward (universality.core.device)
+    log:
+        paths.log("activations", "{model}", "{site}"),
+    threads: 2
+    resources:
+        mem_mb=6000,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/activations.py"

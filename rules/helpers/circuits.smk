@@ -1,0 +1,37 @@
+# Helpers of rules/circuits.smk (circuits_ssm, circuits_heads, circuits_summary).
+from universality.workflow.config import circuit_models
+
+CIRCUIT_MODELS = circuit_models(config)  # {"mamba": [...], "gpt_neox": [...]}
+
+
+def circuit_options():
+    """The circuits section minus the model list (a model's tables do not depend on the others),
+    plus the torch backend."""
+    options = {k: v for k, v in config["circuits"].items() if k != "models"}
+    return as_param({**options, "backend": config["backend"]})
+
+
+def circuit_mem_mb(wildcards):
+    """Memory of a circuits_ssm job: the SSM states of every layer for a clean and a corrupted
+    batch (float32 [batch, pos, expand * d_model, d_state]; hub specs default to expand 2, d_state
+    16 as Mamba-130m), plus the same again for scan inputs, copies and the model."""
+    spec, c = config["models"][wildcards.model], config["circuits"]
+    pos = max(c["distances"]) + 6
+    states = c["batch_size"] * pos * (spec.get("expand") or 2) * spec["d_model"] * (spec.get("d_state") or 16)
+    return 1000 + int(2 * 2 * spec["n_layers"] * states * 4 / 2**20)
+
+
+def circuit_summaries():
+    return [paths.circuit_summary(m) for ms in CIRCUIT_MODELS.values() for m in ms]
+
+
+def circuit_figures():
+    """PNGs of circuits_summary (scripts/circuits_summary.py checks it writes exactly these)."""
+    figures = [paths.circuit_figure(m, stem) for m in CIRCUIT_MODELS["mamba"]
+               for stem in ("state_patching", "off_by_one", "ioi")]
+    figures += [paths.circuit_figure(m, "heads") for m in CIRCUIT_MODELS["gpt_neox"]]
+    return figures + [paths.induction_figure()]
+
+
+def circuit_targets():
+    return [paths.circuits_summary()] if circuit_summaries() else []

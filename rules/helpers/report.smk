@@ -1,0 +1,59 @@
+# Helpers of rules/report.smk (report_complexity, report_cards, report_figures, report_page).
+from universality.workflow.config import report_plan
+
+REPORT = report_plan(config)
+CARD_OPTIONS = ("card_bins", "cards_per_bin", "top_k", "context", "seed")
+
+
+def report_targets():
+    return [paths.report_page()]
+
+
+def feature_stores(model, seed):
+    """The resid SAE feature stores of every layer of ``model`` (SAE ``seed``), in layer order."""
+    return [paths.features(model, "resid", l, seed) for l in model_layers(config, model)]
+
+
+def complexity_stores(wildcards):
+    return feature_stores(wildcards.model, wildcards.seed)
+
+
+def card_stores(side):
+    """Input function: the feature stores of side ``side`` ("a" | "b") of a comparison."""
+
+    def inner(wildcards):
+        c = config["comparisons"][wildcards.comparison]
+        return feature_stores(c[side], c["seed_" + side])
+
+    return inner
+
+
+def card_layers(side):
+    """Param function: the layers of side ``side`` of a comparison, in the order of its stores."""
+
+    def inner(wildcards):
+        return layers_csv(config["comparisons"][wildcards.comparison][side])
+
+    return inner
+
+
+def report_setup():
+    """Everything report_figures reads besides its tables (one canonical JSON param)."""
+    layers = {m: model_layers(config, m) for m in MODELS}
+    return as_param({"comparisons": config["comparisons"], "layers": layers, "plan": REPORT,
+                     "report": config["report"]})
+
+
+def caption(name):
+    """The caption of figure ``name`` (in the repository, whatever the working directory)."""
+    return os.path.join(workflow.basedir, "report", "captions", f"{name}.rst")
+
+
+def report_figure_outputs():
+    """``{output name: report(png)}`` for the figures of this config's plan."""
+    out = {}
+    for name in REPORT["figures"]:
+        key = "complexity_figure" if name == "complexity" else name
+        out[key] = report(paths.report_figure(name), caption=f"../report/captions/{name}.rst",
+                          category="Universality (MPPC)")
+    return out

@@ -1,0 +1,144 @@
+"""Every path of the file contracts (docs/architecture.md, "File contracts"), in one place.
+
+Rules and scripts build result paths only through :class:`ResultPaths`, so a contract changes in
+one line. Arguments are wildcard values; a rule's wildcard pattern is the same call with the
+wildcard names, e.g. ``paths.sae("{model}", "{site}", "{layer}", "{seed}")`` is
+``saes/{model}/{site}/L{layer}/seed{seed}`` under the results root. Directory outputs carry no
+trailing slash (Snakemake's ``directory()`` wants none).
+"""
+from __future__ import annotations
+
+import os
+
+
+def layer_store(site_dir: str, layer) -> str:
+    """The Zarr store of ``layer`` inside an activations site directory (``.../{site}/L{layer}.zarr``)."""
+    return os.path.join(site_dir, f"L{layer}.zarr")
+
+
+class ResultPaths:
+    """Paths under the results root ``root`` (``config["results"]``), one method per contract."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def __call__(self, *parts: str) -> str:
+        """A path under the results root."""
+        return os.path.join(self.root, *parts)
+
+    def log(self, *parts: str) -> str:
+        """``logs/{parts...}.log``: a rule's log, named after the rule and its wildcards."""
+        return self("logs", *parts[:-1], f"{parts[-1]}.log")
+
+    def sae_log(self, rule: str, model, site, layer, seed) -> str:
+        """The log of a per-SAE job (train_sae, features)."""
+        return self.log(rule, model, site, f"L{layer}", f"seed{seed}")
+
+    def pearson_log(self, comparison, la, lb) -> str:
+        return self.log("pearson", comparison, f"A{la}_B{lb}")
+
+    def complexity_log(self, model, seed) -> str:
+        return self.log("report", "complexity", model, f"seed{seed}")
+
+    # --- data: corpus, tokenizer, token sets, activations ---
+
+    def documents(self) -> str:
+        return self("corpus", "documents.jsonl")
+
+    def corpus_manifest(self) -> str:
+        return self("corpus", "manifest.json")
+
+    def tokenizer(self) -> str:
+        return self("tokenizer", "tokenizer.json")
+
+    def tokens(self, split) -> str:
+        """Token set of ``split`` (train | eval): a Zarr group ``ids`` + ``offsets``."""
+        return self("tokens", f"{split}.zarr")
+
+    def tokens_manifest(self, split) -> str:
+        return self("tokens", f"{split}.json")
+
+    def activations(self, model, site) -> str:
+        """The directory of ``L{layer}.zarr`` stores of one (model, site)."""
+        return self("activations", model, site)
+
+    def activations_manifest(self, model, site) -> str:
+        return self("activations", model, f"{site}.json")
+
+    def activation_layer(self, model, site, layer) -> str:
+        return layer_store(self.activations(model, site), layer)
+
+    # --- zoo: trained toy models and hub checkpoints ---
+
+    def model(self, model) -> str:
+        """A ``save_pretrained`` directory."""
+        return self("models", model)
+
+    def model_metrics(self, model) -> str:
+        return self("models", f"{model}.json")
+
+    # --- sae: SAEs and their feature activations ---
+
+    def sae(self, model, site, layer, seed) -> str:
+        """An SAE directory: ``cfg.json``, ``sae_weights.safetensors``, ``metrics.json``."""
+        return self("saes", model, site, f"L{layer}", f"seed{seed}")
+
+    def features(self, model, site, layer, seed) -> str:
+        """Sparse CSR feature activations of one SAE over the eval tokens (Zarr)."""
+        return self("features", model, site, f"L{layer}", f"seed{seed}.zarr")
+
+    def features_manifest(self, model, site, layer, seed) -> str:
+        return self("features", model, site, f"L{layer}", f"seed{seed}.json")
+
+    # --- compare: Pearson layer pairs and MPPC tables ---
+
+    def pearson(self, comparison, la, lb) -> str:
+        """Row/column max and argmax of one layer pair (A layer ``la``, B layer ``lb``)."""
+        return self("pearson", comparison, f"A{la}_B{lb}.npz")
+
+    def mppc(self, comparison) -> str:
+        """One row per feature of A: its MPPC and best match in B."""
+        return self("mppc", f"{comparison}.csv.gz")
+
+    def mppc_reverse(self, comparison) -> str:
+        """The reverse table, one row per feature of B."""
+        return self("mppc", f"{comparison}.reverse.csv.gz")
+
+    def mppc_summary(self, comparison) -> str:
+        return self("mppc", f"{comparison}.json")
+
+    # --- circuits ---
+
+    def circuit_table(self, model, experiment) -> str:
+        return self("circuits", model, f"{experiment}.csv")
+
+    def circuit_figure(self, model, stem) -> str:
+        return self("circuits", model, f"{stem}.png")
+
+    def circuit_summary(self, model) -> str:
+        """One analysed model's findings."""
+        return self("circuits", model, "summary.json")
+
+    def circuits_summary(self) -> str:
+        """Findings, figures and tables of every analysed model."""
+        return self("circuits", "summary.json")
+
+    def induction_figure(self) -> str:
+        return self("circuits", "induction_circuits.png")
+
+    # --- report ---
+
+    def complexity(self, model, seed) -> str:
+        return self("report", "complexity", model, f"seed{seed}.csv.gz")
+
+    def cards(self, comparison) -> str:
+        return self("report", "cards", f"{comparison}.json")
+
+    def report_summary(self) -> str:
+        return self("report", "summary.json")
+
+    def report_figure(self, name) -> str:
+        return self("report", "figures", f"{name}.png")
+
+    def report_page(self) -> str:
+        return self("report", "index.html")
