@@ -13,7 +13,7 @@ rule circuits_ssm:
         ioi_table=R("circuits", "{model}", "ioi.csv"),
         summary=R("circuits", "{model}", "summary.json"),
     wildcard_constraints:
-        model=one_of(CIRCUIT_MODELS["mamba"]),
+        model=one_of(CIRCUIT_MODELS["ssm"]),
     params:
         options=circuit_options(),
     log:
@@ -36,7 +36,7 @@ rule circuits_heads:
         patching=R("circuits", "{model}", "head_patching.csv"),
         summary=R("circuits", "{model}", "summary.json"),
     wildcard_constraints:
-        model=one_of(CIRCUIT_MODELS["gpt_neox"]),
+        model=one_of(CIRCUIT_MODELS["heads"]),
     params:
         options=circuit_options(),
     log:

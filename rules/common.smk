@@ -162,7 +162,7 @@ def report_figure_outputs():
 # --- circuits (issue 6): results/circuits/, rules/circuits.smk ---
 from universality.workflow.config import circuit_models
 
-CIRCUIT_MODELS = circuit_models(config)  # {"mamba": [...], "gpt_neox": [...]}
+CIRCUIT_MODELS = circuit_models(config)  # {"ssm": [...], "heads": [...]} by circuits capability
 
 
 def circuit_options():
@@ -188,9 +188,9 @@ def circuit_summaries():
 
 def circuit_figures():
     """PNGs of circuits_summary (scripts/circuits_summary.py checks it writes exactly these)."""
-    figures = [R("circuits", m, f"{stem}.png") for m in CIRCUIT_MODELS["mamba"]
+    figures = [R("circuits", m, f"{stem}.png") for m in CIRCUIT_MODELS["ssm"]
                for stem in ("state_patching", "off_by_one", "ioi")]
-    figures += [R("circuits", m, "heads.png") for m in CIRCUIT_MODELS["gpt_neox"]]
+    figures += [R("circuits", m, "heads.png") for m in CIRCUIT_MODELS["heads"]]
     return figures + [R("circuits", "induction_circuits.png")]
 
 

@@ -8,6 +8,8 @@ from universality.circuits import figures as figs
 from universality.circuits import induction as circuits
 from universality.core import store
 from universality.core.cli import entry
+from universality.models import registry
+from universality.workflow.config import CIRCUIT_KINDS
 
 
 @click.command()
@@ -17,8 +19,10 @@ from universality.core.cli import entry
 def main(summaries, summary, figures):
     root = os.path.dirname(summary)
     per_model = [store.read_json(p) for p in summaries.split()]
-    by_arch = {"mamba": [s for s in per_model if s["arch"] == "mamba"],
-               "gpt_neox": [s for s in per_model if s["arch"] == "gpt_neox"]}
+    # Grouped by the architecture's circuits capability (registry), keyed by architecture in
+    # summary.json: {"mamba": {model: ...}, "gpt_neox": {...}} for the built-in architectures.
+    by_kind = {kind: [s for s in per_model if registry.get(s["arch"]).circuits == kind] for kind in CIRCUIT_KINDS}
+    archs = [a.name for kind in CIRCUIT_KINDS for a in registry.ARCHITECTURES.values() if a.circuits == kind]
     written, captions, tables = [], {}, []
 
     def out(*parts):
@@ -26,7 +30,7 @@ def main(summaries, summary, figures):
         written.append(path)
         return path
 
-    for s in by_arch["mamba"]:
+    for s in by_kind["ssm"]:
         d = os.path.join(root, s["model"])
         t = {n: pd.read_csv(os.path.join(d, f"{n}.csv")) for n in ("state", "ssm_in", "conv_in", "ioi")}
         tables += [os.path.join(d, f"{n}.csv") for n in t]
@@ -39,25 +43,24 @@ def main(summaries, summary, figures):
         with store.atomic_output(out(s["model"], "ioi.png")) as tmp:
             figs.mamba_ioi(t["ioi"], s["model"], tmp)
         captions[written[-1]] = f"{s['model']}: IOI-style prompts, SSM input c per layer and position"
-    for s in by_arch["gpt_neox"]:
+    for s in by_kind["heads"]:
         d = os.path.join(root, s["model"])
         scores, patching = (pd.read_csv(os.path.join(d, f"{n}.csv")) for n in ("head_scores", "head_patching"))
         tables += [os.path.join(d, f"{n}.csv") for n in ("head_scores", "head_patching")]
         with store.atomic_output(out(s["model"], "heads.png")) as tmp:
             figs.neox_heads(scores, patching, s["model"], tmp)
         captions[written[-1]] = f"{s['model']}: previous-token / induction scores and head patching"
-    primary = {arch: (ss[0] if ss else None) for arch, ss in by_arch.items()}
+    first = {kind: (ss[0] if ss else None) for kind, ss in by_kind.items()}
     with store.atomic_output(out("induction_circuits.png")) as tmp:
-        figs.induction_circuits(primary["mamba"], primary["gpt_neox"], tmp)
+        figs.induction_circuits(first["ssm"], first["heads"], tmp)
     captions[written[-1]] = "Induction circuits side by side (paper Fig. 7), from our numbers"
     if sorted(written) != sorted(figures.split()):
         raise click.ClickException(f"figures written {sorted(written)} != figures declared {sorted(figures.split())}")
-    findings = [circuits.describe_mamba(s) for s in by_arch["mamba"]]
-    findings += [circuits.describe_neox(s) for s in by_arch["gpt_neox"]]
+    findings = [circuits.describe_mamba(s) for s in by_kind["ssm"]]
+    findings += [circuits.describe_neox(s) for s in by_kind["heads"]]
     info = {
-        "primary": {arch: (s["model"] if s else None) for arch, s in primary.items()},
-        "mamba": {s["model"]: s for s in by_arch["mamba"]},
-        "gpt_neox": {s["model"]: s for s in by_arch["gpt_neox"]},
+        "primary": {arch: next((s["model"] for s in per_model if s["arch"] == arch), None) for arch in archs},
+        **{arch: {s["model"]: s for s in per_model if s["arch"] == arch} for arch in archs},
         "findings": findings,
         "figures": [{"path": p, "caption": captions[p]} for p in written],
         "tables": tables,
