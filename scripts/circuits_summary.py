@@ -23,6 +23,9 @@ def main(summaries, summary, figures):
     # summary.json: {"mamba": {model: ...}, "gpt_neox": {...}} for the built-in architectures.
     by_kind = {kind: [s for s in per_model if registry.get(s["arch"]).circuits == kind] for kind in CIRCUIT_KINDS}
     archs = [a.name for kind in CIRCUIT_KINDS for a in registry.ARCHITECTURES.values() if a.circuits == kind]
+    by_arch = {arch: {} for arch in archs}
+    for s in per_model:
+        by_arch[s["arch"]][s["model"]] = s
     written, captions, tables = [], {}, []
 
     def out(*parts):
@@ -59,8 +62,8 @@ def main(summaries, summary, figures):
     findings = [circuits.describe_mamba(s) for s in by_kind["ssm"]]
     findings += [circuits.describe_neox(s) for s in by_kind["heads"]]
     info = {
-        "primary": {arch: next((s["model"] for s in per_model if s["arch"] == arch), None) for arch in archs},
-        **{arch: {s["model"]: s for s in per_model if s["arch"] == arch} for arch in archs},
+        "primary": {arch: next(iter(ms), None) for arch, ms in by_arch.items()},
+        **by_arch,
         "findings": findings,
         "figures": [{"path": p, "caption": captions[p]} for p in written],
         "tables": tables,

@@ -91,22 +91,31 @@ class Attention(nn.Module):
         self.rotary_ndims, base = _rope_dims(config)
         inv = 1.0 / (base ** (torch.arange(0, self.rotary_ndims, 2, dtype=torch.float) / self.rotary_ndims))
         self.register_buffer("inv_freq", inv, persistent=False)
+        self._tables = None
         bias = getattr(config, "attention_bias", True)
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=bias)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=bias)
         for name in ATTN_HOOKS:
             setattr(self, name, HookPoint(f"blocks.{layer}.attn.{name}"))
 
+    def _cos_sin(self, n: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables [1, 1, pos, rotary_ndims] for ``n`` positions, as ``GPTNeoXRotaryEmbedding``
+        computes them (constants: kept for the last length, device and dtype seen)."""
+        key = (n, x.device, x.dtype)
+        if self._tables is None or self._tables[0] != key:
+            pos = torch.arange(n, device=x.device)[None].float()
+            freqs = pos[..., None] * self.inv_freq.to(device=x.device, dtype=torch.float)
+            emb = torch.cat((freqs, freqs), dim=-1)              # [1, pos, r]
+            self._tables = (key, emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None])
+        return self._tables[1], self._tables[2]
+
     def _rotate(self, x: torch.Tensor) -> torch.Tensor:
         """RoPE on the first ``rotary_ndims`` dims of x [batch, head, pos, d_head], with
-        transformers' ops (``GPTNeoXRotaryEmbedding``, ``apply_rotary_pos_emb``)."""
+        transformers' ops (``apply_rotary_pos_emb``)."""
         r = self.rotary_ndims
         if r == 0:
             return x
-        pos = torch.arange(x.shape[2], device=x.device)[None].float()
-        freqs = pos[..., None] * self.inv_freq.to(device=x.device, dtype=torch.float)
-        emb = torch.cat((freqs, freqs), dim=-1)                  # [1, pos, r]
-        cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]
+        cos, sin = self._cos_sin(x.shape[2], x)
         rot, keep = x[..., :r], x[..., r:]
         half = torch.cat((-rot[..., r // 2:], rot[..., : r // 2]), dim=-1)
         return torch.cat([(rot * cos) + (half * sin), keep], dim=-1)
