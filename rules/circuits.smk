@@ -14,7 +14,7 @@ rule circuits_ssm:
         ioi_table=paths.circuit_table("{model}", "ioi"),
         summary=paths.circuit_summary("{model}"),
     wildcard_constraints:
-        model=one_of(CIRCUIT_MODELS["mamba"]),
+        model=one_of(CIRCUIT_MODELS["ssm"]),
     params:
         options=circuit_options(),
     log:
@@ -37,7 +37,7 @@ rule circuits_heads:
         patching=paths.circuit_table("{model}", "head_patching"),
         summary=paths.circuit_summary("{model}"),
     wildcard_constraints:
-        model=one_of(CIRCUIT_MODELS["gpt_neox"]),
+        model=one_of(CIRCUIT_MODELS["heads"]),
     params:
         options=circuit_options(),
     log:

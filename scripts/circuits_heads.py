@@ -31,7 +31,7 @@ def main(model, model_dir, tokenizer, options, scores, patching, summary, thread
     for table, path in ((score_table, scores), (patch_table, patching)):
         with store.atomic_output(path) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
-    info = {"model": model, "arch": "gpt_neox", **circuits.summarise_neox(score_table, patch_table),
+    info = {"model": model, "arch": lm.config.model_type, **circuits.summarise_neox(score_table, patch_table),
             "options": opts}
     store.write_json(summary, info)
     click.echo(json.dumps(info, indent=2))

@@ -35,7 +35,7 @@ def main(model, model_dir, tokenizer, options, state, ssm_in, conv_in, ioi_table
     for name, path in (("state", state), ("ssm_in", ssm_in), ("conv_in", conv_in), ("ioi", ioi_table)):
         with store.atomic_output(path) as tmp:
             tables[name].to_csv(tmp, index=False, float_format="%.6g")
-    info = {"model": model, "arch": "mamba", **circuits.summarise_mamba(tables),
+    info = {"model": model, "arch": lm.config.model_type, **circuits.summarise_mamba(tables),
             "ioi": ioi.summarise_ioi(tables["ioi"]), "options": opts}
     store.write_json(summary, info)
     click.echo(json.dumps(info, indent=2))

@@ -9,6 +9,8 @@ from universality.circuits import induction as circuits
 from universality.core import store
 from universality.core.cli import entry
 from universality.core.paths import ResultPaths
+from universality.models import registry
+from universality.workflow.config import CIRCUIT_KINDS
 
 
 @click.command()
@@ -20,15 +22,20 @@ def main(summaries, summary, figures):
     if paths.circuits_summary() != summary:
         raise click.BadParameter(f"{summary} is not <results>/circuits/summary.json", param_hint="--summary")
     per_model = [store.read_json(p) for p in summaries.split()]
-    by_arch = {"mamba": [s for s in per_model if s["arch"] == "mamba"],
-               "gpt_neox": [s for s in per_model if s["arch"] == "gpt_neox"]}
+    # Grouped by the architecture's circuits capability (registry), keyed by architecture in
+    # summary.json: {"mamba": {model: ...}, "gpt_neox": {...}} for the built-in architectures.
+    by_kind = {kind: [s for s in per_model if registry.get(s["arch"]).circuits == kind] for kind in CIRCUIT_KINDS}
+    archs = [a.name for kind in CIRCUIT_KINDS for a in registry.ARCHITECTURES.values() if a.circuits == kind]
+    by_arch = {arch: {} for arch in archs}
+    for s in per_model:
+        by_arch[s["arch"]][s["model"]] = s
     written, captions, tables = [], {}, []
 
     def out(path):
         written.append(path)
         return path
 
-    for s in by_arch["mamba"]:
+    for s in by_kind["ssm"]:
         t = {n: pd.read_csv(paths.circuit_table(s["model"], n)) for n in ("state", "ssm_in", "conv_in", "ioi")}
         tables += [paths.circuit_table(s["model"], n) for n in t]
         with store.atomic_output(out(paths.circuit_figure(s["model"], "state_patching"))) as tmp:
@@ -40,25 +47,24 @@ def main(summaries, summary, figures):
         with store.atomic_output(out(paths.circuit_figure(s["model"], "ioi"))) as tmp:
             figs.mamba_ioi(t["ioi"], s["model"], tmp)
         captions[written[-1]] = f"{s['model']}: IOI-style prompts, SSM input c per layer and position"
-    for s in by_arch["gpt_neox"]:
+    for s in by_kind["heads"]:
         names = ("head_scores", "head_patching")
         scores, patching = (pd.read_csv(paths.circuit_table(s["model"], n)) for n in names)
         tables += [paths.circuit_table(s["model"], n) for n in names]
         with store.atomic_output(out(paths.circuit_figure(s["model"], "heads"))) as tmp:
             figs.neox_heads(scores, patching, s["model"], tmp)
         captions[written[-1]] = f"{s['model']}: previous-token / induction scores and head patching"
-    primary = {arch: (ss[0] if ss else None) for arch, ss in by_arch.items()}
+    first = {kind: (ss[0] if ss else None) for kind, ss in by_kind.items()}
     with store.atomic_output(out(paths.induction_figure())) as tmp:
-        figs.induction_circuits(primary["mamba"], primary["gpt_neox"], tmp)
+        figs.induction_circuits(first["ssm"], first["heads"], tmp)
     captions[written[-1]] = "Induction circuits side by side (paper Fig. 7), from our numbers"
     if sorted(written) != sorted(figures.split()):
         raise click.ClickException(f"figures written {sorted(written)} != figures declared {sorted(figures.split())}")
-    findings = [circuits.describe_mamba(s) for s in by_arch["mamba"]]
-    findings += [circuits.describe_neox(s) for s in by_arch["gpt_neox"]]
+    findings = [circuits.describe_mamba(s) for s in by_kind["ssm"]]
+    findings += [circuits.describe_neox(s) for s in by_kind["heads"]]
     info = {
-        "primary": {arch: (s["model"] if s else None) for arch, s in primary.items()},
-        "mamba": {s["model"]: s for s in by_arch["mamba"]},
-        "gpt_neox": {s["model"]: s for s in by_arch["gpt_neox"]},
+        "primary": {arch: next(iter(ms), None) for arch, ms in by_arch.items()},
+        **by_arch,
         "findings": findings,
         "figures": [{"path": p, "caption": captions[p]} for p in written],
         "tables": tables,

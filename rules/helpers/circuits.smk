@@ -1,7 +1,7 @@
 # Helpers of rules/circuits.smk (circuits_ssm, circuits_heads, circuits_summary).
 from universality.workflow.config import circuit_models
 
-CIRCUIT_MODELS = circuit_models(config)  # {"mamba": [...], "gpt_neox": [...]}
+CIRCUIT_MODELS = circuit_models(config)  # {"ssm": [...], "heads": [...]}: models by circuits capability (registry)
 
 
 def circuit_options():
@@ -27,9 +27,9 @@ def circuit_summaries():
 
 def circuit_figures():
     """PNGs of circuits_summary (scripts/circuits_summary.py checks it writes exactly these)."""
-    figures = [paths.circuit_figure(m, stem) for m in CIRCUIT_MODELS["mamba"]
+    figures = [paths.circuit_figure(m, stem) for m in CIRCUIT_MODELS["ssm"]
                for stem in ("state_patching", "off_by_one", "ioi")]
-    figures += [paths.circuit_figure(m, "heads") for m in CIRCUIT_MODELS["gpt_neox"]]
+    figures += [paths.circuit_figure(m, "heads") for m in CIRCUIT_MODELS["heads"]]
     return figures + [paths.induction_figure()]
 
 

@@ -13,6 +13,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, MambaConfig, MambaFo
 from universality.circuits import induction as circuits
 from universality.circuits.induction import PREFIX, Prompts, induction_prompts
 from universality.core.hooks import run_with_cache
+from universality.models import registry
 from universality.models.mamba import MambaLM
 from universality.models.gpt_neox import NeoXLM
 from universality.circuits.patching import Patch, final_logits, path_patch
@@ -236,7 +237,7 @@ def test_instrumented_models_load_tiny_hub_layout_checkpoints(tmp_path):
                                             num_attention_heads=3, intermediate_size=48)).eval()
     hf_n.save_pretrained(str(tmp_path / "neox"))
     for name, hf, cls in (("mamba", hf_m, MambaLM), ("neox", hf_n, NeoXLM)):
-        ours = circuits.load_instrumented(tmp_path / name)
+        ours = registry.load_model(tmp_path / name)
         assert isinstance(ours, cls)
         with torch.no_grad():
             assert (ours(x) - hf(x).logits).abs().max().item() <= 1e-4
@@ -244,8 +245,8 @@ def test_instrumented_models_load_tiny_hub_layout_checkpoints(tmp_path):
 
     RwkvForCausalLM(RwkvConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
                                attention_hidden_size=16, intermediate_size=32)).save_pretrained(str(tmp_path / "rwkv"))
-    with pytest.raises(ValueError, match="rwkv"):
-        circuits.load_instrumented(tmp_path / "rwkv")
+    assert registry.load_model(tmp_path / "rwkv").config.model_type == "rwkv"
+    assert registry.get("rwkv").circuits is None        # no instrumented forward for circuits
 
 
 # ------------------------------------------------------------------------------------- rules
@@ -264,8 +265,8 @@ def test_paper_preset_plans_the_circuit_rules(repo, tmp_path):
     from universality.workflow.config import circuit_models, validate
 
     planned = circuit_models(validate(yaml.safe_load((repo / "presets" / "paper.yaml").read_text())))
-    assert "mamba-130m" in planned["mamba"] and planned["gpt_neox"]
-    for arch, rule in (("mamba", "circuits_ssm"), ("gpt_neox", "circuits_heads")):
+    assert "mamba-130m" in planned["ssm"] and planned["heads"]
+    for arch, rule in (("ssm", "circuits_ssm"), ("heads", "circuits_heads")):
         jobs = re.findall(rf"rule {rule}:\n(?:.*\n)*?\s+wildcards: model=(\S+)", out)
         assert sorted(set(jobs)) == sorted(planned[arch]), (rule, jobs)
     assert str(root / "circuits" / "mamba-130m" / "off_by_one.png") in out

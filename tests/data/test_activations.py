@@ -34,12 +34,13 @@ def reference_sites(model, arch, ids):
     """Activations by an independent route: output_hidden_states and hand-computed neurons."""
     with torch.no_grad():
         if arch == "gpt_neox":
-            out = model(ids, output_hidden_states=True)
+            hf = model.to_hf().eval()           # transformers' forward, same weights
+            out = hf(ids, output_hidden_states=True)
             # transformers' last hidden state is after the final norm; the residual stream is before
             resid = [out.hidden_states[l + 1] for l in range(3)]
             neuron = []
             for l in range(3):
-                block = model.gpt_neox.layers[l]
+                block = hf.gpt_neox.layers[l]
                 # parallel residual: the MLP reads post_attention_layernorm of the block input
                 h = block.mlp.dense_h_to_4h(block.post_attention_layernorm(out.hidden_states[l]))
                 neuron.append(block.mlp.act(h))

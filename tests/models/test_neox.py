@@ -154,7 +154,10 @@ def test_patching_one_head_changes_only_later_positions_and_that_head(model):
         return t
 
     with torch.no_grad():
-        clean = model(x)
+        # The clean run on the same (explicit-attention) path as the patched one: a hook on
+        # hook_z selects it; without hooks the sdpa path agrees to float32 rounding only.
+        with hooks(model, {"blocks.1.attn.hook_z": lambda t, _: None}):
+            clean = model(x)
         with hooks(model, {"blocks.1.attn.hook_z": put}):
             patched = model(x)
     assert torch.equal(patched[:, :8], clean[:, :8])

@@ -4,6 +4,7 @@ The cache is faked the way huggingface_hub lays it out (``models--{org}--{name}/
 {commit}/`` + ``refs/{branch}``) with tiny random GPT-NeoX, Mamba and RWKV checkpoints written by
 ``save_pretrained``; ``HF_HUB_CACHE`` points at it and ``HF_HUB_OFFLINE=1`` forbids the network.
 """
+import copy
 import hashlib
 import json
 import os
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from universality.models.rwkv import HookedRwkv
 
 from universality.workflow import config as cfgmod
 from universality.zoo import hub
@@ -196,7 +199,8 @@ def test_rwkv_residual_stream_is_the_same_in_training_and_collection(offline_cac
     hub.materialise("r", spec_of("tiny-org/rwkv-tiny-pile"), out)
     ids = torch.randint(1, vocab, (2, 10), generator=torch.Generator().manual_seed(1))
     sites = [("resid", 0), ("resid", 1)]
-    reference = saved["tiny-org/rwkv-tiny-pile"]
+    # transformers' forward with hook sites (a copy: HookedRwkv wraps the blocks in place)
+    reference = HookedRwkv(copy.deepcopy(saved["tiny-org/rwkv-tiny-pile"]))
     with torch.no_grad():
         reference.train()
         with models.capture(reference, sites) as train_mode:

@@ -115,7 +115,7 @@ def test_eval_loss_matches_reference():
     nll = []
     for w in range(3):
         ids = torch.from_numpy(tokens.window(w)).long()[None]
-        logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+        logp = torch.log_softmax(models.logits_of(model, ids)[0, :-1].double(), -1)
         nll += (-logp.gather(1, ids[0, 1:, None])[:, 0]).tolist()
     assert zoo.eval_loss(model, tokens, 32, 10_000, batch=2) == pytest.approx(np.mean(nll), rel=1e-5)
 

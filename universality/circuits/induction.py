@@ -28,9 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from universality.models import registry
 from universality.circuits.patching import SCAN_INPUTS, Patch, final_logits, patched_final_logits, path_patch, ssm_states
 
-__all__ = ["load_instrumented", "prompt_vocab", "PREFIX", "Prompts", "induction_prompts",
+__all__ = ["prompt_vocab", "PREFIX", "Prompts", "induction_prompts",
            "repeated_tokens", "mamba_experiments", "head_scores", "head_patching", "key_layer", "prompt_length", "summarise_mamba",
            "summarise_neox", "POSITIONS", "describe_mamba", "describe_neox"]
 
@@ -102,21 +103,6 @@ def _row(base: dict, clean: torch.Tensor, corrupt: torch.Tensor, patched: torch.
             "fraction": delta / full if full else math.nan, "clean_logit": float(clean.mean())}
 
 
-def load_instrumented(path):
-    """Our instrumented forward of a ``save_pretrained`` folder: MambaLM or NeoXLM (float32, eval)."""
-    from transformers import AutoConfig
-
-    from universality.models.mamba import MambaLM
-    from universality.models.gpt_neox import NeoXLM
-
-    kind = AutoConfig.from_pretrained(str(path), local_files_only=True).model_type
-    if kind == "mamba":
-        return MambaLM.from_pretrained(path)
-    if kind == "gpt_neox":
-        return NeoXLM.from_pretrained(path)
-    raise ValueError(f"{path}: no instrumented forward for model_type {kind!r} (mamba, gpt_neox)")
-
-
 def prompt_vocab(tokenizer_json: str, model) -> tuple[int, int]:
     """(ids to draw from: the first ``vocab`` ids, BOS id): ids both the tokenizer and the
     model's embedding know (Mamba-130m pads its embedding past the tokenizer's 50,277 ids)."""
@@ -131,7 +117,7 @@ def setup(model_dir: str, tokenizer_json: str, options: dict):
     BOS id, the induction prompts of every distance in ``options["distances"]``)."""
     from universality.core.device import torch_device
 
-    lm = load_instrumented(model_dir).to(torch_device(options.get("backend", "auto")))
+    lm = registry.load_model(model_dir).to(torch_device(options.get("backend", "auto")))
     vocab, bos = prompt_vocab(tokenizer_json, lm)
     prompts = [induction_prompts(options["prompts"], d, vocab, bos, options["seed"])
                for d in options["distances"]]

@@ -1,4 +1,4 @@
-"""Activation and path patching on any model with ``hook_points`` (MambaLM, NeoXLM).
+"""Activation and path patching on any registered model with ``hook_points`` (MambaLM, NeoXLM, ...).
 
 Path patching (Wang et al. 2023; Wang et al. 2024 Fig. 6) takes three forward passes:
 
@@ -31,6 +31,7 @@ from typing import Any, Iterable
 import torch
 
 from universality.core.hooks import hooks, run_with_cache
+from universality.models import registry
 from universality.models.scan import selective_scan, states_to_output
 
 __all__ = ["Patch", "final_logits", "patched_final_logits", "path_patch", "state_override_hooks",
@@ -100,9 +101,7 @@ def state_override_hooks(model, states: dict[int, torch.Tensor]) -> dict[str, li
 
 def _embed(model, ids: torch.Tensor) -> torch.Tensor:
     """Token embeddings [batch, pos, d_model] (the input of block 0)."""
-    if hasattr(model, "backbone"):                      # MambaLM
-        return model.backbone.embeddings(ids)
-    return model.gpt_neox.embed_in(ids)                 # NeoXLM
+    return registry.arch_of(model).embed(model, ids)
 
 
 def _last_logits(model, resid: torch.Tensor, start: int) -> torch.Tensor:
@@ -111,16 +110,8 @@ def _last_logits(model, resid: torch.Tensor, start: int) -> torch.Tensor:
     Same operations as the models' ``forward`` (which unembeds every position: ~40% of a toy
     Mamba's forward), so the result equals ``model(ids)[:, -1]``.
     """
-    if hasattr(model, "backbone"):                      # MambaLM runs time-major internally
-        h = resid.transpose(0, 1)
-        for block in model.backbone.layers[start:]:
-            h = block(h)
-        last = model.backbone.norm_f(h[-1])
-    else:
-        for block in model.gpt_neox.layers[start:]:
-            resid = block(resid)
-        last = model.gpt_neox.final_layer_norm(resid[:, -1])
-    return model.lm_head(last.to(model.lm_head.weight.dtype)).float()
+    arch = registry.arch_of(model)
+    return arch.unembed(model, arch.run_blocks(model, resid, start)[:, -1])
 
 
 @torch.no_grad()

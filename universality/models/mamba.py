@@ -53,11 +53,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from universality.core.hooks import HookPoint
+from universality.models.registry import Architecture, register
 from universality.models.scan import (DEFAULT_CHUNK, first_changed_position, propagate_state_patch, selective_scan,
                    states_to_output, uses_kernel)
 
 __all__ = ["MambaLM", "MambaBlock", "MambaMixer", "RMSNorm", "CausalConvSiLU", "causal_conv_silu",
-           "MIXER_HOOKS", "BLOCK_HOOKS"]
+           "MIXER_HOOKS", "BLOCK_HOOKS", "Mamba", "ADAPTER"]
 
 #: Hook names inside a mixer (prefix ``blocks.{l}.mixer.``) and a block (prefix ``blocks.{l}.``).
 MIXER_HOOKS = ("hook_conv_in", "hook_gate_in", "hook_ssm_in", "hook_delta", "hook_B", "hook_C",
@@ -416,3 +417,49 @@ class MambaLM(nn.Module):
             return resid.transpose(0, 1).contiguous()
         hidden = self.backbone.norm_f(resid).transpose(0, 1).contiguous()
         return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
+
+
+class Mamba(Architecture):
+    """Mamba: one forward (``MambaLM``, time-major inside) for every stage."""
+
+    name = "mamba"
+    circuits = "ssm"
+    #: SiLU(conv(x)) and SiLU(z) side by side [batch, pos, 2 * d_inner], as the paper's script.
+    neuron_hooks = ("blocks.{l}.mixer.hook_ssm_in", "blocks.{l}.mixer.hook_gate")
+
+    def build_config(self, spec: dict, vocab_size: int, max_len: int, bos_id: int):
+        from transformers import MambaConfig
+
+        return MambaConfig(
+            hidden_size=spec["d_model"],
+            num_hidden_layers=spec["n_layers"],
+            state_size=spec.get("d_state") or 16,
+            expand=spec.get("expand") or 2,
+            conv_kernel=spec.get("d_conv") or 4,
+            use_cache=False,
+            vocab_size=vocab_size, bos_token_id=bos_id, eos_token_id=bos_id, pad_token_id=bos_id,
+        )
+
+    def build(self, config) -> MambaLM:
+        return MambaLM(config)
+
+    def load(self, path: Path) -> MambaLM:
+        return MambaLM.from_pretrained(path)
+
+    def site_width(self, config, site: str) -> int:
+        return config.hidden_size if site == "resid" else 2 * config.intermediate_size
+
+    def embed(self, model, ids):
+        return model.backbone.embeddings(ids)
+
+    def run_blocks(self, model, resid, start=0):
+        h = resid.transpose(0, 1)                       # the blocks run time-major (see _site)
+        for block in model.backbone.layers[start:]:
+            h = block(h)
+        return h.transpose(0, 1)
+
+    def unembed(self, model, resid):
+        return model.lm_head(model.backbone.norm_f(resid).to(model.lm_head.weight.dtype)).float()
+
+
+ADAPTER = register(Mamba())

@@ -1,120 +1,153 @@
-"""Model construction, loading and the activation sites of every architecture.
+"""The architecture registry, and the generic model functions that go through it.
 
-One forward per architecture: GPT-NeoX and RWKV run their transformers modules (read through
-torch forward hooks on named submodules); Mamba runs the package's own instrumented
-:class:`universality.models.mamba.MambaLM`, which is numerically equal to transformers' forward.
+One adapter per architecture (in the style of TransformerLens's architecture adapters), in its
+own module: ``models/gpt_neox.py`` (``NeoXLM``), ``models/mamba.py`` (``MambaLM``),
+``models/rwkv.py`` (``HookedRwkv``, transformers' forward with hook sites). An adapter says
+which ``models:`` keys a trained model needs, builds, loads and saves the model, names its hook
+sites and splits its forward into ``embed`` / ``run_blocks`` / ``unembed`` (what path patching
+runs from a later block). Nothing outside ``universality.models`` tests architecture names:
+the workflow asks an adapter for its ``circuits`` capability instead.
 
-Sites (per layer ``l``):
+Sites (per layer ``l``), all read and written through hook points (``universality.core.hooks``):
 - ``resid``: the residual stream after block ``l`` [batch, pos, d_model].
-- ``neuron``: the neuron basis of the baseline. GPT-NeoX: MLP post-activation [batch, pos, d_mlp];
-  Mamba: SiLU(conv(x)) and SiLU(z) side by side [batch, pos, 2 * d_inner], as the paper's script;
-  RWKV: the channel-mix ReLU(k)^2 [batch, pos, d_ffn].
+- ``neuron``: the neuron basis of the baseline [batch, pos, D]; an architecture may name several
+  hook points, concatenated along the last axis (Mamba: SiLU(conv(x)) and SiLU(z)).
+
+A new architecture is one module with an :class:`Architecture` subclass and one
+``register(...)`` call (see tests/models/test_registry.py).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-ARCHITECTURES = ("gpt_neox", "mamba", "rwkv")
+from universality.core import hooks
+
+__all__ = ["Architecture", "ARCHITECTURES", "register", "get", "arch_of", "build_config", "build_model",
+           "load_model", "save_model", "logits_of", "n_layers", "capture", "site_width", "patch_resid",
+           "hook_names"]
 
 
+class Architecture:
+    """What the pipeline needs to know about one architecture (subclass and ``register``).
+
+    Class attributes:
+        name: the ``models.<name>.arch`` value and the transformers ``model_type``.
+        required_fields: ``models:`` keys a trained (``source: train``) model must state.
+        circuits: the circuit experiments it supports: "ssm" (state-space paths), "heads"
+            (attention heads) or None.
+        neuron_hooks: hook-point names of the ``neuron`` site of layer ``{l}``, concatenated.
+    """
+
+    name: str = ""
+    required_fields: tuple[str, ...] = ("d_model", "n_layers", "train_tokens")
+    circuits: str | None = None
+    neuron_hooks: tuple[str, ...] = ()
+
+    def check_spec(self, spec: dict) -> tuple[str, str] | None:
+        """An extra check of a trained model's spec: None, or (offending key, message)."""
+        return None
+
+    def build_config(self, spec: dict, vocab_size: int, max_len: int, bos_id: int):
+        """A transformers config for a toy model described by a ``models:`` entry."""
+        raise NotImplementedError
+
+    def build(self, config) -> nn.Module:
+        """A freshly initialised model in train mode (seed torch before calling)."""
+        raise NotImplementedError
+
+    def load(self, path: Path) -> nn.Module:
+        """A ``save_pretrained`` folder (safetensors only) -> model in eval mode, float32."""
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, out_dir: Path) -> None:
+        """``save_pretrained`` (safetensors) in the transformers layout, loadable by transformers."""
+        model.to_hf().save_pretrained(str(out_dir), safe_serialization=True)
+
+    def hook_name(self, site: str, layer: int) -> list[str]:
+        """Hook points of a site at one layer (several: concatenated along the last axis)."""
+        if site == "resid":
+            return [f"blocks.{layer}.hook_resid_post"]
+        if site == "neuron":
+            return [h.format(l=layer) for h in self.neuron_hooks]
+        raise ValueError(f"unknown site {site!r}; expected 'resid' or 'neuron'")
+
+    def site_width(self, config, site: str) -> int:
+        """Feature dimension D of a site."""
+        if site == "resid":
+            return config.hidden_size
+        return config.intermediate_size
+
+    # Forward pieces: the models implement them as methods; an adapter may override.
+    def embed(self, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        """ids [batch, pos] int64 -> block 0's input [batch, pos, d_model]."""
+        return model.embed(ids)
+
+    def run_blocks(self, model: nn.Module, resid: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Blocks ``start``.. on resid [batch, pos, d_model] -> the last block's output, same shape."""
+        return model.run_blocks(resid, start)
+
+    def unembed(self, model: nn.Module, resid: torch.Tensor) -> torch.Tensor:
+        """Final norm and head: [..., d_model] -> logits [..., vocab] float32."""
+        return model.unembed(resid)
+
+
+#: ``{name: adapter}`` of every registered architecture (the built-in three are registered when
+#: this module is imported).
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register(arch: Architecture) -> Architecture:
+    """Add (or replace) an architecture under ``arch.name``; returns it."""
+    if not arch.name:
+        raise ValueError(f"{type(arch).__name__} has no name")
+    ARCHITECTURES[arch.name] = arch
+    return arch
+
+
+def get(name: str) -> Architecture:
+    """The adapter of ``name``; KeyError naming the known architectures otherwise."""
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise KeyError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}") from None
+
+
+def arch_of(model: nn.Module) -> Architecture:
+    """The adapter of a model (by its config's ``model_type``)."""
+    return get(model.config.model_type)
+
+
+# --------------------------------------------------------------------------- generic functions
 def build_config(spec: dict, vocab_size: int, max_len: int, bos_id: int):
     """A transformers config for a toy model described by a ``models:`` entry."""
-    from transformers import GPTNeoXConfig, MambaConfig, RwkvConfig
-
-    arch, d = spec["arch"], spec["d_model"]
-    common = dict(vocab_size=vocab_size, bos_token_id=bos_id, eos_token_id=bos_id, pad_token_id=bos_id)
-    if arch == "gpt_neox":
-        return GPTNeoXConfig(
-            hidden_size=d,
-            num_hidden_layers=spec["n_layers"],
-            num_attention_heads=spec["n_heads"],
-            intermediate_size=spec.get("d_mlp") or 4 * d,
-            max_position_embeddings=max_len,
-            # Pythia rotates 25% of each head; the toy's 32-dim heads would keep 8 rotary dims,
-            # too weak a position signal for a previous-token head to form within the budget.
-            rotary_pct=spec.get("rotary_pct", 1.0),
-            use_parallel_residual=True,
-            tie_word_embeddings=False,
-            hidden_dropout=0.0,
-            attention_dropout=0.0,
-            **common,
-        )
-    if arch == "mamba":
-        return MambaConfig(
-            hidden_size=d,
-            num_hidden_layers=spec["n_layers"],
-            state_size=spec.get("d_state") or 16,
-            expand=spec.get("expand") or 2,
-            conv_kernel=spec.get("d_conv") or 4,
-            use_cache=False,
-            **common,
-        )
-    if arch == "rwkv":
-        # rescale_every=0: transformers rescales hidden states every k layers in eval mode only,
-        # which would make training and collection read different residual streams.
-        return RwkvConfig(
-            hidden_size=d,
-            num_hidden_layers=spec["n_layers"],
-            attention_hidden_size=d,
-            intermediate_size=spec.get("d_mlp") or 4 * d,
-            context_length=max_len,
-            rescale_every=0,
-            tie_word_embeddings=False,
-            **common,
-        )
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+    return get(spec["arch"]).build_config(spec, vocab_size, max_len, bos_id)
 
 
 def build_model(config) -> nn.Module:
     """A freshly initialised model (seed torch before calling)."""
-    from transformers import GPTNeoXForCausalLM, RwkvForCausalLM
-
-    if config.model_type == "gpt_neox":
-        return GPTNeoXForCausalLM(config)
-    if config.model_type == "mamba":
-        from universality.models.mamba import MambaLM
-
-        return MambaLM(config)
-    if config.model_type == "rwkv":
-        return RwkvForCausalLM(config)
-    raise ValueError(f"unknown model_type {config.model_type!r}")
+    return get(config.model_type).build(config)
 
 
 def save_model(model: nn.Module, out_dir: str | Path) -> None:
     """``save_pretrained`` (safetensors) in the transformers layout of the architecture."""
-    hf = model.to_hf() if hasattr(model, "to_hf") else model
-    hf.save_pretrained(str(out_dir), safe_serialization=True)
+    arch_of(model).save(model, Path(out_dir))
 
 
 def load_model(path: str | Path) -> nn.Module:
     """Load a ``save_pretrained`` directory for collection or patching (eval mode, float32)."""
-    from transformers import AutoConfig, GPTNeoXForCausalLM, RwkvForCausalLM
-
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no model at {path} (config.json missing)")
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    if config.model_type == "mamba":
-        from universality.models.mamba import MambaLM
-
-        model = MambaLM.from_pretrained(str(path))
-    elif config.model_type == "gpt_neox":
-        model = GPTNeoXForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-    elif config.model_type == "rwkv":
-        # rescale_every=0: in eval mode transformers halves the hidden states every
-        # `rescale_every` blocks (hub RWKV-4: 6, an fp16 overflow guard), so block outputs would
-        # differ from the training-mode residual stream by 2^k. In float32 the guard is not
-        # needed; collection, SAE evaluation and patching all read the unscaled stream.
-        model = RwkvForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
-                                                rescale_every=0)
-    else:
-        raise ValueError(f"{path}: unsupported model_type {config.model_type!r}; expected {ARCHITECTURES}")
-    return model.eval()
+    kind = json.loads((path / "config.json").read_text()).get("model_type")
+    if kind not in ARCHITECTURES:
+        raise ValueError(f"{path}: unsupported model_type {kind!r}; expected one of {sorted(ARCHITECTURES)}")
+    return get(kind).load(path).eval()
 
 
 def logits_of(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -127,72 +160,35 @@ def n_layers(model: nn.Module) -> int:
     return model.config.num_hidden_layers
 
 
-def _site_modules(model: nn.Module, site: str, layer: int) -> nn.Module:
-    """The submodule whose forward output is the (non-Mamba) site's activation."""
-    mt = model.config.model_type
-    if mt == "gpt_neox":
-        block = model.gpt_neox.layers[layer]
-        return block if site == "resid" else block.mlp.act
-    if mt == "rwkv":
-        block = model.rwkv.blocks[layer]
-        return block if site == "resid" else block.feed_forward.key
-    raise ValueError(mt)
-
-
-@contextlib.contextmanager
-def capture(model: nn.Module, sites: list[tuple[str, int]]) -> Iterator[dict]:
-    """Within the block, every forward fills ``cache[(site, layer)]`` with [batch, pos, D] tensors."""
-    cache: dict[tuple[str, int], torch.Tensor] = {}
-    if model.config.model_type == "mamba":
-        from universality.core import hooks
-
-        names = {}
-        for site, layer in sites:
-            if site == "resid":
-                names[f"blocks.{layer}.hook_resid_post"] = (site, layer, 0)
-            else:
-                names[f"blocks.{layer}.mixer.hook_ssm_in"] = (site, layer, 0)
-                names[f"blocks.{layer}.mixer.hook_gate"] = (site, layer, 1)
-        parts: dict = {}
-
-        def keep(tensor, name):
-            site, layer, part = names[name]
-            parts.setdefault((site, layer), {})[part] = tensor.detach()
-            cache[(site, layer)] = torch.cat([parts[(site, layer)][k] for k in sorted(parts[(site, layer)])], -1)
-
-        with hooks.hooks(model, {n: keep for n in names}):
-            yield cache
-        return
-
-    handles = []
-    for site, layer in sites:
-        module = _site_modules(model, site, layer)
-        post: Callable = (lambda t: torch.relu(t) ** 2) if (model.config.model_type == "rwkv" and site == "neuron") else (lambda t: t)
-
-        def hook(_mod, _inp, out, key=(site, layer), post=post):
-            t = out[0] if isinstance(out, tuple) else out
-            cache[key] = post(t.detach())
-
-        handles.append(module.register_forward_hook(hook))
-    try:
-        yield cache
-    finally:
-        for h in handles:
-            h.remove()
+def hook_names(model: nn.Module, site: str, layer: int) -> list[str]:
+    """Hook points of a site of ``model`` at ``layer``."""
+    return arch_of(model).hook_name(site, layer)
 
 
 def site_width(model: nn.Module, site: str) -> int:
     """Feature dimension D of a site."""
-    c = model.config
-    if site == "resid":
-        return c.hidden_size
-    if c.model_type == "gpt_neox":
-        return c.intermediate_size
-    if c.model_type == "mamba":
-        return 2 * c.intermediate_size
-    if c.model_type == "rwkv":
-        return c.intermediate_size or 4 * c.hidden_size
-    raise ValueError(c.model_type)
+    return arch_of(model).site_width(model.config, site)
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, sites: list[tuple[str, int]]) -> Iterator[dict]:
+    """Within the block, every forward fills ``cache[(site, layer)]`` with [batch, pos, D] tensors
+    (detached; a site of several hook points is their concatenation, in the adapter's order)."""
+    cache: dict[tuple[str, int], torch.Tensor] = {}
+    where = {}                                   # hook name -> (site, layer, part)
+    for site, layer in sites:
+        for part, name in enumerate(hook_names(model, site, layer)):
+            where[name] = (site, layer, part)
+    parts: dict = {}
+
+    def keep(tensor, name):
+        site, layer, part = where[name]
+        got = parts.setdefault((site, layer), {})
+        got[part] = tensor.detach()
+        cache[(site, layer)] = got[0] if len(got) == 1 else torch.cat([got[k] for k in sorted(got)], -1)
+
+    with hooks.hooks(model, {n: keep for n in where}):
+        yield cache
 
 
 @contextlib.contextmanager
@@ -201,20 +197,15 @@ def patch_resid(model: nn.Module, layer: int, fn: Callable[[torch.Tensor], torch
 
     ``fn`` maps [batch, pos, d_model] to the same shape; everything downstream reads the result.
     """
-    if model.config.model_type == "mamba":
-        from universality.core import hooks
-
-        with hooks.hooks(model, {f"blocks.{layer}.hook_resid_post": lambda t, _name: fn(t)}):
-            yield
-        return
-
-    def hook(_mod, _inp, out):
-        if isinstance(out, tuple):
-            return (fn(out[0]),) + tuple(out[1:])
-        return fn(out)
-
-    handle = _site_modules(model, "resid", layer).register_forward_hook(hook)
-    try:
+    (name,) = hook_names(model, "resid", layer)
+    with hooks.hooks(model, {name: lambda t, _name: fn(t)}):
         yield
-    finally:
-        handle.remove()
+
+
+def _register_builtins() -> None:
+    # Each architecture module registers its adapter when imported (they import this module for
+    # Architecture, so they are imported last, here).
+    from universality.models import gpt_neox, mamba, rwkv  # noqa: F401
+
+
+_register_builtins()

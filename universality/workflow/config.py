@@ -20,15 +20,20 @@ from universality.data.config import ActivationsConfig, CorpusConfig, TokenizerC
 from universality.report.config import ReportConfig
 from universality.sae.config import SAETrainConfig
 from universality.zoo.config import TrainingConfig
+from universality.models import registry
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
-#: Fields a trained (source: train) model of each architecture must state.
-REQUIRED_FIELDS = {
-    "gpt_neox": ("d_model", "n_layers", "n_heads", "train_tokens"),
-    "mamba": ("d_model", "n_layers", "train_tokens"),
-    "rwkv": ("d_model", "n_layers", "train_tokens"),
-}
+
+
+def _arch(name: str, m: dict):
+    """The registered adapter of ``models.<name>.arch``; ConfigError naming the known ones."""
+    if m["arch"] not in registry.ARCHITECTURES:
+        raise ConfigError(f"models.{name}.arch: {m['arch']!r} is not one of the registered architectures "
+                          f"{sorted(registry.ARCHITECTURES)}")
+    return registry.get(m["arch"])
+
+
 #: Fields a hub model must state so that the DAG can be planned without weights.
 REQUIRED_HUB_FIELDS = ("hub_id", "d_model", "n_layers")
 
@@ -102,19 +107,19 @@ def _apply_config_json(name: str, m: dict) -> None:
 
 def _check_models(config: dict) -> None:
     for name, m in config["models"].items():
+        arch = _arch(name, m)
         if m["source"] == "hub" and m.get("config_json"):
             _apply_config_json(name, m)
-        required = REQUIRED_HUB_FIELDS if m["source"] == "hub" else REQUIRED_FIELDS[m["arch"]]
+        required = REQUIRED_HUB_FIELDS if m["source"] == "hub" else arch.required_fields
         missing = [f for f in required if m.get(f) is None]
         if missing:
             raise ConfigError(
                 f"models.{name}: a {m['source']} {m['arch']} model needs "
                 + ", ".join(f"models.{name}.{f}" for f in missing)
             )
-        if m["arch"] == "gpt_neox" and m["source"] == "train" and m["d_model"] % m["n_heads"]:
-            raise ConfigError(
-                f"models.{name}.n_heads: d_model {m['d_model']} is not divisible by {m['n_heads']} heads"
-            )
+        problem = arch.check_spec(m) if m["source"] == "train" else None
+        if problem:
+            raise ConfigError(f"models.{name}.{problem[0]}: {problem[1]}")
         for layer in m.get("layers") or []:
             if not 0 <= layer < m["n_layers"]:
                 raise ConfigError(
@@ -296,15 +301,21 @@ def _check_report(config: dict) -> None:
 
 
 # --- circuits (issue 6): which models are analysed, and whether the prompts fit ---
-CIRCUIT_ARCHS = ("gpt_neox", "mamba")
+#: The circuit experiments, by the ``circuits`` capability of an architecture's adapter
+#: ("ssm": Mamba state paths, rules circuits_ssm; "heads": attention heads, circuits_heads).
+CIRCUIT_KINDS = ("ssm", "heads")
+
+
+def _circuits_of(config: dict, model: str) -> str | None:
+    return registry.get(config["models"][model]["arch"]).circuits
 
 
 def circuit_models(config: dict) -> dict[str, list[str]]:
-    """``{"mamba": [...], "gpt_neox": [...]}``: the models the circuit rules analyse."""
+    """``{"ssm": [...], "heads": [...]}``: the models each circuit rule analyses."""
     names = config["circuits"]["models"]
     if names is None:
-        names = [m for m, spec in config["models"].items() if spec["arch"] in CIRCUIT_ARCHS]
-    return {arch: [m for m in names if config["models"][m]["arch"] == arch] for arch in CIRCUIT_ARCHS}
+        names = [m for m in config["models"] if _circuits_of(config, m)]
+    return {kind: [m for m in names if _circuits_of(config, m) == kind] for kind in CIRCUIT_KINDS}
 
 
 def _check_circuits(config: dict) -> None:
@@ -312,9 +323,10 @@ def _check_circuits(config: dict) -> None:
     for i, name in enumerate(c["models"] or []):
         if name not in config["models"]:
             raise ConfigError(f"circuits.models[{i}]: no model {name!r} in `models`")
-        if config["models"][name]["arch"] not in CIRCUIT_ARCHS:
+        if _circuits_of(config, name) not in CIRCUIT_KINDS:
+            able = sorted(a.name for a in registry.ARCHITECTURES.values() if a.circuits in CIRCUIT_KINDS)
             raise ConfigError(f"circuits.models[{i}]: {name!r} is {config['models'][name]['arch']}; "
-                              f"circuits support {list(CIRCUIT_ARCHS)}")
+                              f"circuits support {able}")
     max_len = config["tokenizer"]["max_len"]
     for i, d in enumerate(c["distances"]):
         if d + 6 > max_len:  # BOS + 4 prefix tokens + A1..A2 (universality.circuits.induction.prompt_length)

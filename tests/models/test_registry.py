@@ -1,0 +1,237 @@
+"""The architecture registry: bitwise equality of the one GPT-NeoX forward with transformers,
+the RWKV hook sites, and a fourth architecture added through the registry alone."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, RwkvForCausalLM
+
+from universality.circuits.patching import Patch, final_logits, path_patch
+from universality.core.hooks import run_with_cache
+from universality.data import corpus
+from universality.models import registry as models
+from universality.models.gpt_neox import GPTNeoX, NeoXLM
+from universality.zoo import train as zoo
+
+VOCAB = 64
+
+
+def toy_spec(d_model, **kw):
+    return {"arch": "gpt_neox", "d_model": d_model, "n_layers": 2, "n_heads": 2, "rotary_pct": 1.0, **kw}
+
+
+class Tokens:
+    """What zoo.train reads of a token set: windows of ``length`` tokens, BOS = 0 first."""
+
+    def __init__(self, n_windows, length, seed):
+        rng = np.random.default_rng(seed)
+        self.ids = np.concatenate([np.r_[0, rng.integers(1, VOCAB, length - 1)] for _ in range(n_windows)])
+        self.offsets = np.arange(n_windows + 1) * length
+        self.bos_id = 0
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def window(self, w):
+        return self.ids[self.offsets[w] : self.offsets[w + 1]]
+
+    def lengths(self):
+        return np.diff(self.offsets)
+
+    padded = corpus.TokenSet.padded
+
+
+def x_ids(batch=3, pos=40, seed=0):
+    return torch.randint(0, VOCAB, (batch, pos), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("d_model", [32, 128])
+def test_neox_forward_and_backward_are_bitwise_those_of_transformers(d_model):
+    config = models.build_config(toy_spec(d_model), VOCAB, 64, 0)
+    torch.manual_seed(0)
+    hf = GPTNeoXForCausalLM(config).train()
+    torch.manual_seed(0)
+    ours = models.build_model(config)
+    assert isinstance(ours, NeoXLM) and ours.training
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in hf.named_parameters()]
+    for (n, a), (_, b) in zip(ours.named_parameters(), hf.named_parameters()):
+        assert torch.equal(a, b), n                        # the same initialisation
+    x = x_ids()
+    ref, got = hf(x).logits, ours(x)
+    assert torch.equal(got, ref)
+    F.cross_entropy(ref[:, :-1].flatten(0, 1), x[:, 1:].flatten()).backward()
+    F.cross_entropy(got[:, :-1].flatten(0, 1), x[:, 1:].flatten()).backward()
+    for (n, a), (_, b) in zip(ours.named_parameters(), hf.named_parameters()):
+        assert torch.equal(a.grad, b.grad), n
+
+
+def test_explicit_attention_path_agrees_with_the_sdpa_path():
+    torch.manual_seed(1)
+    model = models.build_model(models.build_config(toy_spec(32), VOCAB, 64, 0)).eval()
+    x = x_ids()
+    with torch.no_grad():
+        fast = model(x)
+        logits, cache = run_with_cache(model, x, ["blocks.1.attn.hook_pattern"])
+    torch.testing.assert_close(logits, fast, rtol=1e-5, atol=1e-5)
+    assert cache["blocks.1.attn.hook_pattern"].shape == (3, 2, 40, 40)
+
+
+def test_five_training_steps_give_the_same_weights_with_either_forward(monkeypatch):
+    spec = {**toy_spec(32), "seed": 3, "train_tokens": 4 * 32 * 5}
+    training = {"batch_size": 4, "lr": 1e-2, "warmup_steps": 2, "weight_decay": 0.1, "induction_rows": 4,
+                "induction_len": 32, "induction_warmup_steps": 0}
+    tokens = Tokens(20, 32, seed=0)
+    ours, h1 = zoo.train(spec, training, tokens, 32, VOCAB)
+    monkeypatch.setattr(GPTNeoX, "build", lambda self, config: GPTNeoXForCausalLM(config).train())
+    ref, h2 = zoo.train(spec, training, tokens, 32, VOCAB)
+    assert isinstance(ours, NeoXLM) and isinstance(ref, GPTNeoXForCausalLM)
+    assert len(h1) == len(h2) and h1[-1]["step"] == 4
+    assert [r["loss_text"] for r in h1] == [r["loss_text"] for r in h2]
+    for (n, a), (_, b) in zip(ours.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_neox_save_is_transformers_layout(tmp_path):
+    torch.manual_seed(2)
+    model = models.build_model(models.build_config(toy_spec(32), VOCAB, 64, 0)).eval()
+    models.save_model(model, tmp_path)
+    hf = GPTNeoXForCausalLM.from_pretrained(str(tmp_path)).eval()
+    again = models.load_model(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(hf(x_ids()).logits, model(x_ids()))
+        assert torch.equal(again(x_ids()), model(x_ids()))
+
+
+def rwkv_model():
+    torch.manual_seed(4)
+    spec = {"arch": "rwkv", "d_model": 16, "n_layers": 2}
+    return models.build_model(models.build_config(spec, VOCAB, 64, 0))
+
+
+def test_rwkv_hook_sites_and_save(tmp_path):
+    model = rwkv_model().eval()
+    hf = model.to_hf().eval()
+    assert "inner" not in json.dumps(list(hf.state_dict()))
+    x = x_ids(2, 12)
+    with torch.no_grad():
+        ref = hf(x, output_hidden_states=True)
+        assert torch.equal(model(x), ref.logits)
+        with models.capture(model, [("resid", 0), ("neuron", 1)]) as cache:
+            model(x)
+        # transformers' hidden_states[l] is block l's output (no embeddings entry)
+        torch.testing.assert_close(cache[("resid", 0)], ref.hidden_states[0])
+        block, h = hf.rwkv.blocks[1], ref.hidden_states[0]
+        hidden = block.ln2(h + block.attention(block.ln1(h))[0])
+        shifted = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], 1)
+        mix = block.feed_forward.time_mix_key
+        k = block.feed_forward.key(hidden * mix + shifted * (1 - mix))
+        torch.testing.assert_close(cache[("neuron", 1)], torch.relu(k) ** 2, rtol=1e-5, atol=1e-6)
+        assert cache[("neuron", 1)].shape[-1] == models.site_width(model, "neuron") == 64
+        clean = model(x)
+        with models.patch_resid(model, 1, torch.zeros_like):
+            zeroed = model(x)
+        assert not torch.equal(zeroed, clean)
+    models.save_model(model, tmp_path)
+    loaded = RwkvForCausalLM.from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, hf(x).logits)
+        assert torch.equal(models.load_model(tmp_path)(x), clean)
+
+
+def test_rwkv_training_through_the_wrapper_equals_transformers():
+    model = rwkv_model().train()
+    hf = copy.deepcopy(model.to_hf()).train()
+    x = x_ids(2, 12)
+    got, ref = model(x), hf(x).logits
+    assert torch.equal(got, ref)
+    got.square().mean().backward()
+    ref.square().mean().backward()
+    grads = {k.replace(".inner.", "."): p.grad for k, p in model.named_parameters()}
+    for n, p in hf.named_parameters():
+        assert torch.equal(grads[n], p.grad), n
+
+
+# ------------------------------------------------------------------ a fourth architecture
+class ToyConfig(GPTNeoXConfig):
+    model_type = "toy_neox"
+
+
+class ToyNeoX(GPTNeoX):
+    """GPT-NeoX pieces under a new name, with a sequential residual and the MLP input as neuron."""
+
+    name = "toy_neox"
+    required_fields = ("d_model", "n_layers", "n_heads")
+    circuits = None
+    neuron_hooks = ("blocks.{l}.mlp.hook_pre",)
+
+    def build_config(self, spec, vocab_size, max_len, bos_id):
+        base = super().build_config(spec, vocab_size, max_len, bos_id).to_dict()
+        base.pop("model_type")
+        return ToyConfig(**{**base, "use_parallel_residual": False})
+
+    def build(self, config):
+        torch_model = NeoXLM(config)
+        return torch_model.train()
+
+    def load(self, path):
+        from safetensors.torch import load_file
+
+        model = NeoXLM(ToyConfig.from_pretrained(str(path)))
+        model.load_hf_state_dict(load_file(str(path / "model.safetensors")))
+        return model.eval()
+
+    def save(self, model, out_dir):
+        from safetensors.torch import save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(str(out_dir))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
+
+
+@pytest.fixture
+def toy_arch():
+    models.register(ToyNeoX())
+    yield models.get("toy_neox")
+    del models.ARCHITECTURES["toy_neox"]
+
+
+def test_a_fourth_architecture_through_the_registry_alone(toy_arch, tmp_path):
+    spec = {"arch": "toy_neox", "seed": 1, "d_model": 16, "n_layers": 2, "n_heads": 2, "train_tokens": 4 * 32 * 4}
+    training = {"batch_size": 4, "lr": 1e-2, "warmup_steps": 1, "weight_decay": 0.0, "induction_rows": 2,
+                "induction_len": 16, "induction_warmup_steps": 0}
+    model, history = zoo.train(spec, training, Tokens(10, 32, seed=1), 32, VOCAB)
+    assert models.arch_of(model) is toy_arch and len(history) >= 1
+    models.save_model(model, tmp_path / "m")
+    loaded = models.load_model(tmp_path / "m")
+    x = x_ids(2, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+        with models.capture(loaded, [("resid", 1), ("neuron", 0)]) as cache:
+            loaded(x)
+    assert cache[("neuron", 0)].shape == (2, 16, models.site_width(loaded, "neuron"))
+    last = "blocks.1.hook_resid_post"
+    clean, c = final_logits(loaded, x, [last])
+    torch.testing.assert_close(c[last], cache[("resid", 1)])
+    other, oc = final_logits(loaded, x_ids(2, 16, seed=9), [last])
+    torch.testing.assert_close(path_patch(loaded, x, [Patch(last, oc[last])]), other)
+    with torch.no_grad(), models.patch_resid(loaded, 1, torch.zeros_like):
+        zero = loaded(x)[:, -1]
+    assert not torch.equal(zero, clean)
+
+
+def test_workflow_config_accepts_any_registered_architecture(toy_arch):
+    from universality.workflow.config import ConfigError, circuit_models, validate
+
+    base = {"models": {"t": {"arch": "toy_neox", "d_model": 16, "n_layers": 2, "n_heads": 2}}}
+    cfg = validate(base)
+    assert circuit_models(cfg) == {"ssm": [], "heads": []}
+    bad = copy.deepcopy(base)
+    bad["models"]["t"]["arch"] = "toy_neox_nope"
+    with pytest.raises(ConfigError, match=r"models\.t\.arch: 'toy_neox_nope' is not one of .*toy_neox"):
+        validate(bad)
+    bad["models"]["t"].update(arch="toy_neox", n_heads=3)
+    with pytest.raises(ConfigError, match=r"models\.t\.n_heads: d_model 16 is not divisible"):
+        validate(bad)
