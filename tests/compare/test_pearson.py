@@ -6,6 +6,8 @@ import pytest
 import scipy.sparse as sp
 
 from universality.compare import pearson as P
+from universality.compare.pearson import native as P_native
+from universality.compare.pearson import numba_kernels as P_numba
 from universality.compare.pearson import (
     PearsonAccumulator,
     aligned_chunks,
@@ -195,18 +197,18 @@ def test_wide_rows_take_the_sxy_prefetch_path_and_agree():
     rng = np.random.default_rng(3)
     a = sae_like(400, 24, 5, rng)
     b = sae_like(400, 8192, 40, rng)
-    assert b.shape[1] * 8 >= P.SXY_PREFETCH_ROW_BYTES
+    assert b.shape[1] * 8 >= P_numba.SXY_PREFETCH_ROW_BYTES
     acc = PearsonAccumulator(24, 8192, backend="cpu", n_threads=2)
     acc.update(a, b)
     np.testing.assert_allclose(acc.sxy, a.toarray().astype(np.float64).T @ b.toarray(), rtol=1e-12, atol=1e-12)
-    old = P.SXY_PREFETCH_ROW_BYTES
+    old = P_numba.SXY_PREFETCH_ROW_BYTES
     try:
-        P.SXY_PREFETCH_ROW_BYTES = 1 << 60  # off
+        P_numba.SXY_PREFETCH_ROW_BYTES = 1 << 60  # off
         off = PearsonAccumulator(24, 8192, backend="cpu", n_threads=2)
         off.update(a, b)
         assert np.array_equal(off.sxy, acc.sxy)
     finally:
-        P.SXY_PREFETCH_ROW_BYTES = old
+        P_numba.SXY_PREFETCH_ROW_BYTES = old
 
 
 def test_float64_sparse_values_keep_their_precision(sparse_pair):
@@ -264,7 +266,7 @@ def test_scipy_fallback_kernel_matches_numba(sparse_pair):
 def test_without_numba(sparse_pair, offset_pair, monkeypatch):
     """The dependency-free path (array-module moments and finaliser, scipy SpGEMM kernel):
     what runs where numba is not installed, and the code the CUDA backend shares."""
-    monkeypatch.setattr(P, "HAVE_NUMBA", False)
+    monkeypatch.setattr(P_numba, "HAVE_NUMBA", False)
     a, b, r = sparse_pair
     acc = PearsonAccumulator(a.shape[1], b.shape[1], backend="cpu", buffer_tokens=1000)
     assert acc.cpu_kernel == "scipy"
@@ -303,8 +305,8 @@ def test_native_kernel_is_bitwise_the_numba_kernel(sparse_pair, monkeypatch):
         cases = [(1, 256, 1, 1, 1), (512, 1500, 2, 1, 1), (4096, 10**6, 2, 0, 1),
                  (700, 2000, 3, 1, 0), (333, 900, 2, 0, 0)]
         for chunk, buf, threads, variant, row_min in cases:
-            monkeypatch.setattr(P, "NATIVE_VARIANT", variant)
-            monkeypatch.setattr(P, "ROW_PREFETCH_MIN_ENTRIES", row_min)
+            monkeypatch.setattr(P_native, "NATIVE_VARIANT", variant)
+            monkeypatch.setattr(P_native, "ROW_PREFETCH_MIN_ENTRIES", row_min)
             sxy, res = _run(a, b, chunk, cpu_kernel="native", buffer_tokens=buf, n_threads=threads)
             assert np.array_equal(sxy, ref_sxy), (chunk, buf, threads, variant, row_min)
             for k in MOMENT_KEYS:
@@ -377,6 +379,37 @@ def test_native_kernel_checks_its_buffers(sparse_pair):
     res = acc.result()
     check_against_ref(res, r)
     np.testing.assert_allclose(acc.sxy, sxy_ref, rtol=1e-15)
+
+
+def test_native_kernel_recovers_after_a_rejected_buffer():
+    """A buffer that B's check rejects while the previous buffer's scatter still runs leaves
+    that scatter its half of the double-buffered work arrays (B's uint16 indices, A's
+    records): the next buffer sums as if the rejected one had never come.  (Before the
+    strategy split a rejected buffer took the other half anyway, and the next one overwrote
+    the running scatter's: wrong sums in some of these trials, a parity that always moved.)"""
+    for trial in range(2):
+        rng = np.random.default_rng(20 + trial)
+        a = sae_like(24000, 400, 80, rng)
+        b = correlated(a, 400, rng)
+        a1, b1, a2, a3, b3 = a[:20000], b[:20000], a[20000:20010], a[20010:], b[20010:]
+        bad = b[20000:20010].copy()
+        bad.data[5] = np.nan
+        kw = dict(backend="cpu", n_threads=2, buffer_tokens=10)
+        acc = PearsonAccumulator(400, 400, cpu_kernel="native", **kw)
+        acc.update(a1, b1)  # its scatter runs on ...
+        running = acc._scatter._parity  # ... on this half
+        with pytest.raises(ValueError, match="B chunk contains NaN"):
+            acc.update(a2, bad)  # ... while this buffer is checked and dropped
+        assert acc._scatter._parity == running
+        acc.update(a3, b3)
+        ok = PearsonAccumulator(400, 400, cpu_kernel="numba", **kw)
+        ok.update(a1, b1)
+        ok.update(a3, b3)
+        assert acc.n_tokens == ok.n_tokens == 23990
+        assert np.array_equal(acc.sxy, ok.sxy), trial
+        res, ref = acc.result(), ok.result()
+        for k in MOMENT_KEYS:
+            assert np.array_equal(res[k], ref[k], equal_nan=res[k].dtype.kind == "f"), k
 
 
 def test_xp_finaliser_matches_numba_finaliser(sparse_pair):
