@@ -4,12 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from universality.models.scan import (
-    propagate_state_patch,
-    selective_scan,
-    selective_scan_ref,
-    states_to_output,
-)
+from universality.models.scan import selective_scan
+from universality.models.ssm_states import propagate_state_patch, selective_scan_ref, states_to_output
 
 
 def make_inputs(batch=3, L=29, d=6, n=4, dtype=torch.float64, seed=0, requires_grad=True):

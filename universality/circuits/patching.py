@@ -32,7 +32,8 @@ import torch
 
 from universality.core.hooks import hooks, run_with_cache
 from universality.models import registry
-from universality.models.scan import selective_scan, states_to_output
+from universality.models.scan import selective_scan
+from universality.models.ssm_states import states_to_output
 
 __all__ = ["Patch", "final_logits", "patched_final_logits", "path_patch", "state_override_hooks",
            "SCAN_INPUTS", "ssm_states"]

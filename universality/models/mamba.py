@@ -30,7 +30,7 @@ states of the whole sequence. If it returns (or edits in place) a tensor that di
 them, every changed element is an override and the recurrence is re-run from the first changed
 position: unchanged elements become dA_t * h'_{t-1} + dBu_t, so patching the state at position t
 propagates to all later positions of that layer, positions before t are untouched, and the
-output y is recomputed from the patched states (see ``scan.propagate_state_patch``). Patching one
+output y is recomputed from the patched states (see ``ssm_states.propagate_state_patch``). Patching one
 layer's states therefore works like patching any other site. Cost: a hooked ``hook_state`` keeps
 ~3 [batch, pos, d_inner, d_state] tensors, and a patch re-runs that layer's recurrence with a
 Python loop over positions (fine for analysis; autograd works through it).
@@ -54,8 +54,8 @@ from torch import nn
 
 from universality.core.hooks import HookPoint
 from universality.models.registry import Architecture, register
-from universality.models.scan import (DEFAULT_CHUNK, first_changed_position, propagate_state_patch, selective_scan,
-                   states_to_output, uses_kernel)
+from universality.models.scan import DEFAULT_CHUNK, selective_scan, uses_kernel
+from universality.models.ssm_states import first_changed_position, propagate_state_patch, states_to_output
 
 __all__ = ["MambaLM", "MambaBlock", "MambaMixer", "RMSNorm", "CausalConvSiLU", "causal_conv_silu",
            "MIXER_HOOKS", "BLOCK_HOOKS", "Mamba", "ADAPTER"]

@@ -95,9 +95,9 @@ def model_snapshot(repo_id: str, revision: str) -> tuple[Path, str]:
 
 def check_config(name: str, spec: dict, hf_config: dict) -> None:
     """Raise ValueError naming the preset key if the checkpoint is not what the DAG was planned for."""
-    arch = hf_config.get("model_type")
-    if arch != spec["arch"]:
-        raise ValueError(f"models.{name}.arch: {spec['arch']!r}, but {spec['hub_id']} is a {arch!r} model")
+    found = hf_config.get("model_type")
+    if found != spec["arch"]:
+        raise ValueError(f"models.{name}.arch: {spec['arch']!r}, but {spec['hub_id']} is a {found!r} model")
     for key, hf_key in _CONFIG_KEYS.items():
         if spec.get(key) is not None and hf_config.get(hf_key) != spec[key]:
             raise ValueError(
