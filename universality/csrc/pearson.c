@@ -1,13 +1,13 @@
 /* Sparse Pearson sums on the CPU, one buffer of tokens at a time (float32 features).
  *
- * Same maths as universality/pearson.py's numba kernels (its docstring has the details); the
+ * Same maths as universality/compare/pearson/numba_kernels.py (its docstring has the details); the
  * numba path stays as the fallback where no compiler is found, and for float64 features.
  * Python threads run these functions in parallel (ctypes releases the GIL); every function
  * works on a disjoint range, so there are no races and every sum runs in token order
  * (deterministic, bitwise equal to the numba path: a float32 x float32 product is exact in
  * float64).
  *
- * Per buffer (universality/pearson.py: PearsonAccumulator._flush_native drives it):
+ * Per buffer (universality/compare/pearson/native.py: NativeScatter.add drives it):
  *   1. pearson_count (with a check of the buffer, below), then pearson_fill: A's CSR ->
  *      feature-major (CSC) records {int32 token, float32 value}, 8 bytes each, in token order
  *      within a feature (a counting sort; one 8-byte record instead of the numba path's
