@@ -57,4 +57,4 @@ def all_targets():
     """What ``rule all`` asks for, stage by stage."""
     targets = [paths.model_metrics(m) for m in MODELS]
     targets += [paths.activations_manifest(m, s) for m in MODELS for s in SITES]
-    return targets + sae_targets() + mppc_targets() + report_targets() + circuit_targets()
+    return targets + sae_targets() + mppc_targets() + report_targets() + circuit_targets() + sweep_targets()

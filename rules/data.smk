@@ -1,4 +1,5 @@
 # Corpus, tokenizer, token sets and activations (universality/data).
+include: "helpers/data.smk"
 
 
 rule documents:
@@ -26,7 +27,7 @@ rule tokenizer:
     output:
         out=paths.tokenizer(),
     params:
-        tokenizer=as_param(config["tokenizer"]),
+        tokenizer=tokenizer_param(),
     log:
         paths.log("tokenizer"),
     threads: 2
@@ -47,6 +48,7 @@ rule tokens:
         manifest=paths.tokens_manifest("{split}"),
     params:
         max_len=config["tokenizer"]["max_len"],
+        doc_mode=config["tokenizer"]["documents"],  # split | truncate (paper App. A.1)
     log:
         paths.log("tokens", "{split}"),
     threads: 2

@@ -68,9 +68,33 @@ rule report_figures:
         "../scripts/report_figures.py"
 
 
+rule report_sae:
+    input:
+        saes=sae_report_dirs(),
+        variants=[paths.sweep_sae(v) for v in SWEEP_VARIANTS],
+        forward=[paths.sweep_mppc(e) for e in SWEEP_ENTRIES],
+        backward=[paths.sweep_mppc_reverse(e) for e in SWEEP_ENTRIES],
+    output:
+        summary=paths.report_sae(),
+        **sae_report_outputs(),
+    params:
+        setup=sae_report_setup(),
+    log:
+        paths.log("report", "sae"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/report_sae.py"
+
+
 rule report_page:
     input:
         summary=rules.report_figures.output.summary,
+        sae=rules.report_sae.output.summary,
+        sae_figure=sae_page_figures(),
         figures=[paths.report_figure(f) for f in REPORT["figures"]],
         captions=[caption(f) for f in REPORT["figures"]],
         cards=[paths.cards(c) for c in REPORT["cards"]],

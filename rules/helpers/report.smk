@@ -57,3 +57,32 @@ def report_figure_outputs():
         out[key] = report(paths.report_figure(name), caption=f"../report/captions/{name}.rst",
                           category="Universality (MPPC)")
     return out
+
+
+# --- the SAE section (issue 19): quality per SAE and the SAE-invariance sweep ---
+
+
+def sae_report_ids():
+    """``[[model, layer, seed], ...]`` of every resid SAE, in the order of :func:`sae_report_dirs`."""
+    return [[m, l, seed] for m in MODELS for l in model_layers(config, m) for seed in sae_seeds(config, m)]
+
+
+def sae_report_dirs():
+    return [paths.sae(m, "resid", l, seed) for m, l, seed in sae_report_ids()] if "resid" in config["saes"]["sites"] else []
+
+
+def sae_report_setup():
+    ids = sae_report_ids() if "resid" in config["saes"]["sites"] else []
+    return as_param({"saes": ids, "sweep": SWEEP, "entries": SWEEP_ENTRIES})
+
+
+def sae_report_outputs():
+    """The sweep figure (a Snakemake report item) when a sweep is configured."""
+    if not SWEEP_ENTRIES:
+        return {}
+    return {"figure": report(paths.report_figure("sae_sweep"), caption="../report/captions/sae_sweep.rst",
+                             category="SAE variables (sweep)")}
+
+
+def sae_page_figures():
+    return [paths.report_figure("sae_sweep")] if SWEEP_ENTRIES else []

@@ -90,6 +90,35 @@ class ResultPaths:
     def features_manifest(self, model, site, layer, seed) -> str:
         return self("features", model, site, f"L{layer}", f"seed{seed}.json")
 
+    # --- the SAE-invariance sweep (issue 19): variants of one base SAE vs the base ---
+
+    def sweep_sae(self, variant) -> str:
+        """A sweep variant's SAE directory (the layout of :meth:`sae`)."""
+        return self("sae_sweep", "saes", variant)
+
+    def sweep_features(self, variant) -> str:
+        return self("sae_sweep", "features", f"{variant}.zarr")
+
+    def sweep_features_manifest(self, variant) -> str:
+        return self("sae_sweep", "features", f"{variant}.json")
+
+    def sweep_pearson(self, entry) -> str:
+        """The base SAE's layer vs a variant's (or the null's): the :meth:`pearson` format."""
+        return self("sae_sweep", "pearson", f"{entry}.npz")
+
+    def sweep_mppc(self, entry) -> str:
+        """One row per feature of the base SAE: its MPPC in the variant (the :meth:`mppc` format)."""
+        return self("sae_sweep", "mppc", f"{entry}.csv.gz")
+
+    def sweep_mppc_reverse(self, entry) -> str:
+        return self("sae_sweep", "mppc", f"{entry}.reverse.csv.gz")
+
+    def sweep_mppc_summary(self, entry) -> str:
+        return self("sae_sweep", "mppc", f"{entry}.json")
+
+    def sweep_log(self, rule, entry) -> str:
+        return self.log("sae_sweep", rule, entry)
+
     # --- compare: Pearson layer pairs and MPPC tables ---
 
     def pearson(self, comparison, la, lb) -> str:
@@ -136,6 +165,10 @@ class ResultPaths:
 
     def report_summary(self) -> str:
         return self("report", "summary.json")
+
+    def report_sae(self) -> str:
+        """SAE quality per (model, layer, seed) and the sweep's MPPC per variant (report_sae)."""
+        return self("report", "sae.json")
 
     def report_figure(self, name) -> str:
         return self("report", "figures", f"{name}.png")

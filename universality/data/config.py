@@ -34,6 +34,7 @@ class TokenizerConfig:
     revision: str | None = None     # hub revision in the local cache (None = main)
     vocab_size: int = 4096
     max_len: int = 256
+    documents: str = "split"        # split | truncate (paper App. A.1); see corpus.windows
 
 
 @dataclass(frozen=True)

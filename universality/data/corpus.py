@@ -3,9 +3,11 @@
 Documents come from the running Python's standard library (the default: every Python
 installation has it), a glob of local text files, a JSONL file or a Hugging Face dataset in the
 local ``datasets`` cache. Each document is assigned to ``train`` or ``eval`` by a seeded hash of
-its id (a split by document, stable when other documents change). Token sets store every
-document cut into windows of at most ``max_len`` tokens, each window starting with BOS, as in
-the paper.
+its id (a split by document, stable when other documents change). Token sets store windows of
+at most ``max_len`` tokens, each starting with BOS: ``documents="split"`` (the default) cuts every
+document into consecutive windows (all of its text is used: the toy corpus is small);
+``"truncate"`` keeps one window per document, its first ``max_len - 1`` tokens after one BOS (the
+paper's App. A.1: "We truncate each document to 1024 tokens and prepend a <bos> token").
 """
 from __future__ import annotations
 
@@ -182,19 +184,33 @@ def bos_id(tokenizer) -> int:
     return tid
 
 
-def windows(ids: list[int], max_len: int, bos: int) -> Iterator[list[int]]:
-    """Cut one document's ids into windows of ``max_len`` tokens, each ``[BOS] + <= max_len-1``."""
+#: Document handling of :func:`windows` (the ``tokenizer.documents`` key).
+DOCUMENT_MODES = ("split", "truncate")
+
+
+def windows(ids: list[int], max_len: int, bos: int, documents: str = "split") -> Iterator[list[int]]:
+    """One document's ids as windows of ``[BOS] + <= max_len-1`` tokens: all of them, consecutive
+    (``documents="split"``), or only the first (``"truncate"``). An empty document gives none."""
+    if documents not in DOCUMENT_MODES:
+        raise ValueError(f"tokenizer.documents must be one of {DOCUMENT_MODES}, got {documents!r}")
     step = max_len - 1
+    if documents == "truncate":
+        if ids:
+            yield [bos] + list(ids[:step])
+        return
     for start in range(0, len(ids), step):
         piece = ids[start : start + step]
         if piece:
             yield [bos] + piece
 
 
-def tokenize_split(documents: str, tokenizer_path: str, split: str, max_len: int, out: str) -> dict:
+def tokenize_split(documents: str, tokenizer_path: str, split: str, max_len: int, out: str,
+                   mode: str = "split") -> dict:
     """Write token set ``out`` (a Zarr group): ``ids`` int32 [tokens], ``offsets`` int64 [windows+1].
 
-    Window ``w`` is ``ids[offsets[w]:offsets[w+1]]`` and starts with BOS.
+    Window ``w`` is ``ids[offsets[w]:offsets[w+1]]`` and starts with BOS; ``mode`` is the
+    document handling of :func:`windows` (recorded in the attrs as ``documents_mode`` unless it is
+    the default, so the default's token sets are unchanged).
     """
     tok = load_tokenizer(tokenizer_path)
     bos = bos_id(tok)
@@ -202,7 +218,7 @@ def tokenize_split(documents: str, tokenizer_path: str, split: str, max_len: int
     encoded = tok.encode_batch([d["text"] for d in docs], add_special_tokens=False)
     ids, offsets = [], [0]
     for enc in encoded:
-        for w in windows(enc.ids, max_len, bos):
+        for w in windows(enc.ids, max_len, bos, mode):
             ids.extend(w)
             offsets.append(offsets[-1] + len(w))
     if len(offsets) < 2:
@@ -220,6 +236,8 @@ def tokenize_split(documents: str, tokenizer_path: str, split: str, max_len: int
         "unigram_entropy_nats": unigram_entropy(ids_arr, tok.get_vocab_size(), exclude=bos),
         "sha256": hashlib.sha256(ids_arr.tobytes()).hexdigest()[:16],
     }
+    if mode != "split":
+        attrs["documents_mode"] = mode
     with store.atomic_output(out) as tmp:
         group = zarr.open_group(str(tmp), mode="w", attributes=attrs)
         group.create_array("ids", data=ids_arr, chunks=(1 << 20,), compressors=store.compressor())

@@ -56,11 +56,17 @@ class RunRecord:
     dec_init_norm: float | None
     normalize: str
     grad_clip: float | None
+    l1_penalty: str = "decoder_norm"
+    init_seed: int | None = None   # weight initialisation; None in the call = ``seed``
+    data_seed: int | None = None   # data order (shuffle buffer); None in the call = ``seed``
     format: int = _FORMAT
 
     @classmethod
-    def resolve(cls, cfg: SAETrainConfig, seed: int, array, train_rows, eval_rows) -> RunRecord:
-        """The record of training ``cfg`` with ``seed`` on ``array`` (``[n_rows, d_in]``)."""
+    def resolve(cls, cfg: SAETrainConfig, seed: int, array, train_rows, eval_rows,
+                init_seed: int | None = None, data_seed: int | None = None) -> RunRecord:
+        """The record of training ``cfg`` with ``seed`` on ``array`` (``[n_rows, d_in]``).
+        ``init_seed`` / ``data_seed`` (default ``seed``) set the initialisation and the data order
+        separately (the SAE-invariance sweep)."""
         n_rows, d_in = (int(v) for v in array.shape)
         n_steps = max(1, int(cfg.train_tokens) // int(cfg.batch_size))
         return cls(
@@ -71,7 +77,10 @@ class RunRecord:
             l1_warmup_steps=int(round(cfg.l1_warmup * n_steps)),
             lr_decay_steps=int(round(cfg.lr_decay * n_steps)), betas=[float(b) for b in cfg.betas],
             eps=float(cfg.eps), dec_init_norm=None if cfg.dec_init_norm is None else float(cfg.dec_init_norm),
-            normalize=str(cfg.normalize), grad_clip=None if cfg.grad_clip is None else float(cfg.grad_clip))
+            normalize=str(cfg.normalize), grad_clip=None if cfg.grad_clip is None else float(cfg.grad_clip),
+            l1_penalty=str(cfg.l1_penalty),
+            init_seed=int(seed if init_seed is None else init_seed),
+            data_seed=int(seed if data_seed is None else data_seed))
 
     def as_dict(self) -> dict:
         return json.loads(json.dumps(dict(sorted(self.__dict__.items()))))

@@ -4,14 +4,21 @@ Formulas (Wang et al. 2024, Sec. 3.3 and Appendix A.2; x is one activation vecto
 
     f(x)  = ReLU(x @ W_enc + b_enc)                  W_enc [D, F], b_enc [F]
     x_hat = f(x) @ W_dec + b_dec                     W_dec [F, D], b_dec [D]
-    loss  = mean_batch( ||x - x_hat||_2^2  +  l1 * sum_i f_i(x) * ||W_dec[i, :]||_2 )
+    loss  = mean_batch( ||x - x_hat||_2^2  +  l1 * sum_i f_i(x) * ||W_dec[i, :]||_2 )   decoder_norm
+    loss  = mean_batch( ||x - x_hat||_2^2  +  l1 * sum_i f_i(x) )                         plain
 
 Storage follows SAELens: ``W_dec`` is stored ``[F, D]``, so the paper's "decoder column i" is row
 ``W_dec[i]`` here. The squared error is summed over D and averaged over tokens (SAELens'
 ``StandardTrainingSAE`` uses the same convention, so an ``l1`` value means the same in both).
 
+Penalty form (``l1_penalty``, :data:`universality.sae.config.L1_PENALTIES`): the paper's Sec. 3.3
+text states "an L1 sparsity constraint on f(x)" (``plain``) and says nothing of the decoder's
+norms during training; the default ``decoder_norm`` weights each f_i by its decoder row norm.
 Decoder norms: we keep the decoder *unconstrained* and put its row norms into the sparsity penalty
-(the formulation written in the issue, Anthropic's April 2024 update, and SAELens' standard SAE).
+(the formulation written in the design contract, Anthropic's April 2024 update, and SAELens'
+standard SAE). With ``plain`` and an unconstrained decoder, the penalty can be lowered without
+changing x_hat by shrinking f_i and growing ``W_dec[i]``; README "SAE recipe" has the measured
+comparison of the two forms.
 The alternative (unit-norm decoder rows re-projected after every step, plain L1 on f) describes
 the same family of models, but needs a projection and a gradient correction every step and
 cannot be reproduced by SAELens' trainer; the norm-weighted penalty is already invariant to the
@@ -115,16 +122,18 @@ class SAE(nn.Module):
         """``||W_dec[i, :]||_2`` for every feature, ``[F]``."""
         return self.W_dec.norm(dim=1)
 
-    def loss(self, x: torch.Tensor, l1: float) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, l1: float, penalty: str = "decoder_norm") -> dict[str, torch.Tensor]:
         """Differentiable loss (autograd path; the trainer uses the fused :func:`loss_and_grads`).
 
         ``mse`` is the squared error summed over D, averaged over tokens; ``sparsity`` is
-        ``mean_tokens(sum_i f_i ||W_dec[i]||)``; ``loss = mse + l1 * sparsity``.
+        ``mean_tokens(sum_i f_i ||W_dec[i]||)`` (``penalty="decoder_norm"``) or
+        ``mean_tokens(sum_i f_i)`` (``"plain"``); ``loss = mse + l1 * sparsity``.
         """
         x = x.to(self.W_enc.dtype)
         x_hat, f = self(x)
         mse = (x_hat - x).pow(2).sum(dim=-1).mean()
-        sparsity = (f * self.decoder_norms()).sum(dim=-1).mean()
+        weight = _penalty_weights(self.W_dec, penalty)
+        sparsity = (f if weight is None else f * weight).sum(dim=-1).mean()
         return {"loss": mse + l1 * sparsity, "mse": mse, "sparsity": sparsity}
 
     # ------------------------------------------------------ re-parametrising
@@ -231,8 +240,18 @@ class SAE(nn.Module):
         return sae.requires_grad_(False).eval()
 
 
+def _penalty_weights(W_dec: torch.Tensor, penalty: str) -> torch.Tensor | None:
+    """Per-feature weight of f_i in the sparsity penalty: ``||W_dec[i]||`` [F], or None (plain: 1)."""
+    if penalty == "decoder_norm":
+        return W_dec.norm(dim=1)
+    if penalty == "plain":
+        return None
+    raise ValueError(f"l1_penalty must be 'decoder_norm' or 'plain', got {penalty!r}")
+
+
 def loss_and_grads(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor,
                    x: torch.Tensor, l1: float, buffers: dict[str, torch.Tensor] | None = None,
+                   penalty: str = "decoder_norm",
                    ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...], torch.Tensor]:
     """Loss and hand-derived gradients of :meth:`SAE.loss` in one fused pass (no autograd graph).
 
@@ -241,6 +260,9 @@ def loss_and_grads(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor
         dL/db_dec = sum_b g                dL/dW_dec = f^T g + (l1/B) * (sum_b f_bi) * W_dec[i] / n_i
         dL/df     = g W_dec^T + (l1/B) n   dL/dpre   = dL/df * [pre > 0]
         dL/dW_enc = x^T dL/dpre            dL/db_enc = sum_b dL/dpre
+
+    ``penalty="plain"`` (sparsity ``sum_i f_i``) sets ``n_i = 1`` in ``dL/df`` and drops the
+    second term of ``dL/dW_dec``.
 
     ``buffers`` (optional dict, filled on first use) holds the two ``[B, F]`` work arrays so a
     training loop does not allocate (and page-fault) 2 x B x F floats every step.
@@ -260,17 +282,20 @@ def loss_and_grads(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor
     torch.addmm(b_enc, x, W_enc, out=pre)
     f = pre.relu_()                                   # f lives in the `pre` buffer
     e = torch.addmm(b_dec, f, W_dec).sub_(x)          # x_hat - x, [B, D]
-    n = W_dec.norm(dim=1)                             # [F]
+    n = _penalty_weights(W_dec, penalty)              # [F], or None (plain)
     fsum = f.sum(dim=0)                               # [F]
     mse = e.pow(2).sum() / B
-    sparsity = torch.dot(fsum, n) / B
+    sparsity = (fsum.sum() if n is None else torch.dot(fsum, n)) / B
     loss = mse + l1 * sparsity
 
     g = e.mul_(2.0 / B)                               # dL/dx_hat, reuses e's storage
     gb_dec = g.sum(dim=0)
     gW_dec = torch.mm(f.t(), g)
-    gW_dec.addcmul_(W_dec, (fsum * (l1 / B) / n.clamp_min(1e-12)).unsqueeze(1))
-    torch.addmm(n.mul(l1 / B), g, W_dec.t(), out=dpre)   # dL/df
+    if n is None:
+        torch.mm(g, W_dec.t(), out=dpre).add_(l1 / B)    # dL/df
+    else:
+        gW_dec.addcmul_(W_dec, (fsum * (l1 / B) / n.clamp_min(1e-12)).unsqueeze(1))
+        torch.addmm(n.mul(l1 / B), g, W_dec.t(), out=dpre)   # dL/df
     torch.ops.aten.threshold_backward.grad_input(dpre, f, 0, grad_input=dpre)  # * [pre > 0]
     gW_enc = torch.mm(x.t(), dpre)
     gb_enc = dpre.sum(dim=0)

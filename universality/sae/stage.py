@@ -38,16 +38,19 @@ def ce_losses(model, eval_set: str, layer: int, fn, windows: int) -> dict:
 
 
 def train_and_evaluate(model_name, site, layer, seed, acts_path, model_dir, eval_set, options, out, threads,
-                       device: str | torch.device = "cpu"):
+                       device: str | torch.device = "cpu", init_seed: int | None = None,
+                       data_seed: int | None = None, label: str | None = None):
     """Train the SAE (:func:`train_sae`) with the recipe ``options`` (the `saes` keys of this
     (model, layer), :meth:`SAETrainConfig.from_options`) and, for ``resid``, add CE-loss recovered
     to its metrics. Training, evaluation and the language model run on ``device`` (see
-    :mod:`universality.core.device`)."""
+    :mod:`universality.core.device`). ``init_seed`` / ``data_seed`` (default ``seed``): see
+    :func:`train_sae`; ``label`` names the run (default ``model/site/L{layer}/seed{seed}``)."""
     device = as_device(device)
     cfg = SAETrainConfig.from_options(options)
-    label = f"{model_name}/{site}/L{layer}/seed{seed}"
+    label = label or f"{model_name}/{site}/L{layer}/seed{seed}"
     metrics = train_sae(
-        acts_path, out, cfg, seed=seed, label=label, num_threads=threads, device=device,
+        acts_path, out, cfg, seed=seed, init_seed=init_seed, data_seed=data_seed, label=label,
+        num_threads=threads, device=device,
         metadata={"model_name": model_name, "site": site, "layer": layer, "sae_seed": seed,
                   "hook_name": f"blocks.{layer}.hook_resid_post" if site == "resid" else f"blocks.{layer}.{site}"},
     )

@@ -18,7 +18,8 @@ Schedules and recipe
     0.54 vs 0.77 for SAELens without it, equal with it).
 
 Determinism and resume
-    Weights are initialised from ``seed``; the data order depends on ``seed`` only. Every
+    Weights are initialised from ``init_seed``, the data order depends on ``data_seed`` only
+    (both default to ``seed``, so one seed sets both: the SAE-seed skyline). Every
     ``checkpoint_every`` steps the weights, Adam moments and step counts and the input shift
     (``state.safetensors``) and the step / sample position / scale / config (``state.json``)
     go to ``<out_dir>.ckpt/step_NNNNNNNNN/`` (written atomically; older ones are removed);
@@ -74,6 +75,11 @@ class SAETrainingError(RuntimeError):
     """Training diverged (NaN/inf loss or weights). The message names the label and the step."""
 
 
+#: The objective as written into cfg.json, per penalty form.
+_LOSS_TEXT = {"decoder_norm": "mean_tokens(||x - x_hat||^2 + l1 * sum_i f_i ||W_dec[i]||) on normalised x",
+              "plain": "mean_tokens(||x - x_hat||^2 + l1 * sum_i f_i) on normalised x"}
+
+
 def _schedule(step: int, run: RunRecord) -> tuple[float, float]:
     """``(l1, lr)`` of the 0-based optimiser step ``step``."""
     l1 = run.l1 * min(1.0, (step + 1) / run.l1_warmup_steps) if run.l1_warmup_steps > 0 else run.l1
@@ -94,7 +100,7 @@ def _diverged(label: str, step: int, what: str) -> SAETrainingError:
 class Trainer:
     """One run of :func:`train_sae` on ``array`` (``[tokens, D]``): the SAE and its Adam state on
     ``device``, the input normalisation ``(shift, scale)`` and the step count. Construction
-    initialises from ``run.seed`` or resumes from the newest checkpoint in ``ckpt_dir`` made with
+    initialises from ``run.init_seed`` or resumes from the newest checkpoint in ``ckpt_dir`` made with
     the same ``run`` record."""
 
     def __init__(self, array, run: RunRecord, cfg: SAETrainConfig, ckpt_dir: Path,
@@ -102,7 +108,7 @@ class Trainer:
         self.array, self.run, self.cfg, self.ckpt_dir = array, run, cfg, Path(ckpt_dir)
         self.device, self.label = device, label
         # initialised on the CPU (its own CPU generator), so every device starts from the same weights
-        self.sae = SAE.initialized(run.d_in, run.d_sae, run.seed, run.dec_init_norm).to(device).requires_grad_(False)
+        self.sae = SAE.initialized(run.d_in, run.d_sae, run.init_seed, run.dec_init_norm).to(device).requires_grad_(False)
         self.params = [getattr(self.sae, n) for n in PARAM_NAMES]  # Parameters with requires_grad=False
         self.opt = Adam(self.params, lr=run.lr, betas=tuple(run.betas), eps=run.eps)
         self.log_path = self.ckpt_dir / LOG_NAME
@@ -137,7 +143,7 @@ class Trainer:
         """One optimiser step on the batch ``x`` ``[batch, D]`` (normalised, on the device).
         Returns the loss terms, the feature activations ``f`` ``[batch, F]`` and the step's l1 and lr."""
         l1_now, lr_now = _schedule(self.step_count, self.run)
-        terms, grads, f = loss_and_grads(*self.params, x, l1_now, self.buffers)
+        terms, grads, f = loss_and_grads(*self.params, x, l1_now, self.buffers, penalty=self.run.l1_penalty)
         loss = float(terms["loss"])
         if not math.isfinite(loss):
             raise _diverged(self.label, self.step_count + 1, f"loss ({loss})")
@@ -174,7 +180,7 @@ class Trainer:
         """Train up to ``run.n_steps``: log every ``log_every`` steps (and the last), checkpoint
         every ``checkpoint_every`` (not the last), call ``on_step(step)`` after each step."""
         run, cfg = self.run, self.cfg
-        stream = ShuffleBuffer(self.array, tuple(run.train_rows), run.buffer_tokens, run.seed,
+        stream = ShuffleBuffer(self.array, tuple(run.train_rows), run.buffer_tokens, run.data_seed,
                                scale=self.scale, shift=self.shift)
         batches = stream.batches(run.batch_size, start=self.start_step * run.batch_size)
         bar = tqdm(total=run.n_steps, initial=self.start_step, desc=f"SAE {self.label}", unit="step",
@@ -236,7 +242,7 @@ class Trainer:
                 "note": "trained on scale * (x - shift); folded into W_enc, b_enc, W_dec, b_dec",
             },
             "training": self.run.as_dict(),
-            "loss": "mean_tokens(||x - x_hat||^2 + l1 * sum_i f_i ||W_dec[i]||) on normalised x",
+            "loss": _LOSS_TEXT[self.run.l1_penalty],
         }
         with store.atomic_output(out_dir) as tmp:
             self.sae.save(tmp, extra_cfg=record)
@@ -252,6 +258,8 @@ def train_sae(
     config: SAETrainConfig = SAETrainConfig(),
     *,
     seed: int = 0,
+    init_seed: int | None = None,
+    data_seed: int | None = None,
     label: str = "sae",
     eval_rows: int | tuple[int, int] | None = None,
     train_rows: tuple[int, int] | None = None,
@@ -269,7 +277,8 @@ def train_sae(
     ``train_log.jsonl`` (every ``log_every`` steps: step, tokens, loss, mse, sparsity, l1, lr,
     l0 and explained variance of the batch, elapsed_s). ``config.train_tokens`` is rounded down
     to whole batches (at least one) and may exceed the training rows (several epochs).
-    ``seed`` sets the init and the data order; ``eval_rows`` / ``train_rows`` override the
+    ``seed`` sets the init and the data order; ``init_seed`` / ``data_seed`` (default ``seed``)
+    set only one of them (the SAE-invariance sweep); ``eval_rows`` / ``train_rows`` override the
     split (:func:`universality.sae.buffer.split_rows`). ``metadata`` (model, site, layer, ...)
     goes into ``cfg.json["metadata"]``. ``label`` names the run in the progress bar and in
     errors. ``num_threads`` sets ``torch.set_num_threads`` (results are bit-identical only for
@@ -286,7 +295,7 @@ def train_sae(
         raise ValueError(f"{activations_path}: expected a [tokens, D] array, got shape {arr.shape}")
     train_range, eval_range, split_source = split_rows(
         int(arr.shape[0]), dict(arr.attrs), config.eval_fraction, eval_rows, train_rows)
-    run = RunRecord.resolve(config, seed, arr, train_range, eval_range)
+    run = RunRecord.resolve(config, seed, arr, train_range, eval_range, init_seed, data_seed)
     trainer = Trainer(arr, run, config, out_dir.with_name(out_dir.name + ".ckpt"), as_device(device), label)
     trainer.fit(progress, on_step)
     return trainer.publish(out_dir, split_source, metadata)
