@@ -87,3 +87,33 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
     cfg = dict(CFG, path=str(p))
     with pytest.raises(KeyError, match=r"c\.jsonl:2: no field 'text'"):
         corpus.write_documents(cfg, str(tmp_path / "d.jsonl"), str(tmp_path / "m.json"))
+
+
+def test_truncate_keeps_one_window_per_document_with_one_bos():
+    ids = list(range(100, 123))  # 23 tokens
+    assert list(corpus.windows(ids, 8, bos=0, documents="truncate")) == [[0] + ids[:7]]
+    assert list(corpus.windows(ids[:3], 8, bos=0, documents="truncate")) == [[0] + ids[:3]]
+    assert list(corpus.windows([], 8, bos=0, documents="truncate")) == []
+    assert list(corpus.windows(ids, 8, bos=0, documents="split")) == list(corpus.windows(ids, 8, bos=0))
+    with pytest.raises(ValueError, match="tokenizer.documents"):
+        list(corpus.windows(ids, 8, bos=0, documents="chop"))
+
+
+def test_truncated_token_set_has_one_window_per_document(tmp_path):
+    texts = [f"def f{i}(x):\n    return x * {i} + {i ** 2}\n" * (1 + i % 5) for i in range(60)]
+    cfg = dict(CFG, path=write_jsonl(tmp_path / "c.jsonl", texts))
+    docs = tmp_path / "documents.jsonl"
+    corpus.write_documents(cfg, str(docs), str(tmp_path / "manifest.json"))
+    corpus.train_tokenizer(str(docs), 300, str(tmp_path / "tok.json"))
+    tok = corpus.load_tokenizer(tmp_path / "tok.json")
+    split = corpus.tokenize_split(str(docs), str(tmp_path / "tok.json"), "train", 16, str(tmp_path / "s.zarr"))
+    trunc = corpus.tokenize_split(str(docs), str(tmp_path / "tok.json"), "train", 16, str(tmp_path / "t.zarr"),
+                                  mode="truncate")
+    assert "documents_mode" not in split and trunc["documents_mode"] == "truncate"
+    train_docs = [d["text"] for d in corpus.read_documents(str(docs), "train")]
+    ts = corpus.TokenSet(str(tmp_path / "t.zarr"))
+    assert len(ts) == trunc["documents"] == len(train_docs) < split["windows"]
+    for w, text in enumerate(train_docs):
+        win, enc = ts.window(w), tok.encode(text, add_special_tokens=False).ids
+        assert win[0] == 0 and (win == 0).sum() == 1  # one BOS, first
+        np.testing.assert_array_equal(win[1:], enc[:15])  # the document's first max_len - 1 tokens

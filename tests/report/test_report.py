@@ -18,7 +18,7 @@ import zarr
 from universality.report import cards
 from universality.report import complexity
 from universality.report import page as report
-from universality.workflow.config import ConfigError, report_plan, validate
+from universality.workflow.config import ConfigError, report_plan, sweep_entries, validate
 from conftest import snakemake
 
 CHROMIUM = "/usr/bin/chromium"
@@ -306,6 +306,7 @@ def test_report_page_renders_in_headless_chromium(micro, tmp_path):
     # the MPPC figures, plus the circuits stage's figures (inlined) in their own section
     circuits = json.loads((root / "circuits" / "summary.json").read_text())
     n_images = len(plan["figures"]) + len(circuits["figures"])
+    n_images += 1 if sweep_entries(validate(cfg)) else 0  # issue 19: the SAE-invariance sweep's figure
     assert len(circuits["figures"]) >= 3 and 'id="circuits"' in (root / "report" / "index.html").read_text()
     assert_renders(root / "report" / "index.html", tmp_path, n_images)
     # the page references its figures relatively: a copied report folder still works

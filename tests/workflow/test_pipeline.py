@@ -66,6 +66,7 @@ def report_jobs(cfg, touched, models):
 
     plan = report_plan(validate(cfg))
     jobs = {"report_figures": 1, "report_page": 1,
+            "report_sae": 1 if models else 0,  # issue 19: the SAE quality table reads every SAE's metrics
             "report_cards": len(set(plan["cards"]) & set(touched)),
             "report_complexity": sum(m in models for m, _ in plan["complexity"])}
     return {k: v for k, v in jobs.items() if v}
@@ -130,3 +131,19 @@ def test_micro_circuits_outputs(micro):
     assert len(heads) == len(cfg["circuits"]["distances"]) * 2 * cfg["models"]["neox-s0"]["n_heads"] * 2
     for fig in summary["figures"]:
         assert (work / fig["path"]).stat().st_size > 10_000 and fig["caption"]
+
+
+def test_changing_one_sweep_variant_reruns_that_variant_only(repo, micro, tmp_path):
+    """Issue 19: a variant's recipe defines its SAE, features, pair and table, then the SAE section
+    and the page; the base SAE, the other variants and the comparisons stay."""
+    work, _, cfg = micro
+    cfg = copy.deepcopy(cfg)
+    first = next(iter(cfg["sae_sweep"]["variants"]))
+    cfg["sae_sweep"]["variants"][first]["lr"] = 1.0e-3
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    # the first variant is also the null's B side
+    entries = 1 + (cfg["sae_sweep"].get("null_shift", 0) > 0)
+    assert planned_jobs(repo, work, changed) == {
+        "train_sae_variant": 1, "sweep_features": 1, "sweep_pair": entries, "sweep_mppc": entries,
+        "report_sae": 1, "report_page": 1, "all": 1}
