@@ -73,7 +73,9 @@ def sae_report_dirs():
 
 def sae_report_setup():
     ids = sae_report_ids() if "resid" in config["saes"]["sites"] else []
-    return as_param({"saes": ids, "sweep": SWEEP, "entries": SWEEP_ENTRIES})
+    # as_param sorts keys: the file order of the inputs travels as explicit lists
+    return as_param({"saes": ids, "sweep": SWEEP, "entries": SWEEP_ENTRIES,
+                     "entry_order": list(SWEEP_ENTRIES), "variant_order": SWEEP_VARIANTS})
 
 
 def sae_report_outputs():

@@ -92,13 +92,16 @@ def test_micro_sae_section_is_recomputed_from_its_inputs(micro):
         assert q["ce_loss_recovered"] == m["ce_loss_recovered"]
         cells = page.rows[("sae-quality-table", f"{q['model']}/L{q['layer']}/seed{q['seed']}")]
         assert cells[4] == f"{m['explained_variance']:.3f}" and cells[8] == f"{m['ce_loss_recovered']:.3f}"
-    n_saes = sum(spec["n_layers"] for spec in cfg["models"].values()) + 1  # + neox-s0's second SAE seed
+    extra = {m: len(seeds) for m, seeds in cfg["saes"].get("extra_seeds", {}).items()}
+    n_saes = sum(spec["n_layers"] * (1 + extra.get(m, 0)) for m, spec in cfg["models"].items())
     assert len(info["quality"]) == n_saes
     entries = sweep_entries(validate(cfg))
     assert [r["entry"] for r in info["sweep"]["rows"]] == list(entries)
     for r in info["sweep"]["rows"]:
         fwd = pd.read_csv(root / "sae_sweep" / "mppc" / f"{r['entry']}.csv.gz")["mppc"].dropna().to_numpy()
+        summary = json.loads((root / "sae_sweep" / "mppc" / f"{r['entry']}.json").read_text())
         assert r["forward"]["mean"] == pytest.approx(fwd.mean(), abs=1e-12)
+        assert r["forward"]["mean"] == pytest.approx(summary["forward"]["mean_mppc"], abs=1e-9)
         assert len(fwd) > 0 and page.rows[("sae-sweep-table", r["entry"])][2] == f"{fwd.mean():.3f}"
         variant = json.loads((root / "sae_sweep" / "saes" / entries[r["entry"]]["variant"] / "metrics.json").read_text())
         assert r["quality"]["explained_variance"] == variant["explained_variance"]
