@@ -138,11 +138,12 @@ def test_changing_one_sweep_variant_reruns_that_variant_only(repo, micro, tmp_pa
     and the page; the base SAE, the other variants and the comparisons stay."""
     work, _, cfg = micro
     cfg = copy.deepcopy(cfg)
-    first = next(iter(cfg["sae_sweep"]["variants"]))
+    first = sorted(cfg["sae_sweep"]["variants"])[0]
     cfg["sae_sweep"]["variants"][first]["lr"] = 1.0e-3
     changed = tmp_path / "changed.yaml"
-    changed.write_text(yaml.safe_dump(cfg))
-    # the first variant is also the null's B side
+    # key order kept: a sorted dump reorders `comparisons`, which changes report_figures' plan param
+    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # the first variant by name is also the null's B side
     entries = 1 + (cfg["sae_sweep"].get("null_shift", 0) > 0)
     assert planned_jobs(repo, work, changed) == {
         "train_sae_variant": 1, "sweep_features": 1, "sweep_pair": entries, "sweep_mppc": entries,

@@ -105,7 +105,7 @@ class SAESweepConfig:
     ``variants`` maps a name to the changes of that variant: any :meth:`SAETrainConfig.overridable`
     key and/or ``init_seed`` / ``data_seed`` (the weight initialisation alone / the data order
     alone; both default to ``base_seed``). ``null_shift > 0`` adds the permutation null "null":
-    base vs the first variant with the variant's tokens rolled by ``null_shift``. ``model=None``
+    base vs the first variant by name with the variant's tokens rolled by ``null_shift``. ``model=None``
     (the default) means no sweep.
     """
 

@@ -389,11 +389,12 @@ def sweep_config(config: dict, variant: str) -> SAETrainConfig:
 
 def sweep_entries(config: dict) -> dict[str, dict]:
     """``{entry: {"variant", "shift"}}``: every variant against the base SAE (shift 0), plus the
-    null (:data:`SWEEP_NULL`: the first variant, shifted) when ``null_shift > 0``; empty if no sweep."""
+    null (:data:`SWEEP_NULL`: the first variant by name, shifted; by name, not by position, since
+    YAML writers may reorder keys) when ``null_shift > 0``; empty if no sweep."""
     w = config["sae_sweep"]
     if w["model"] is None:
         return {}
     entries = {v: {"variant": v, "shift": 0} for v in w["variants"]}
     if w["null_shift"] > 0:
-        entries[SWEEP_NULL] = {"variant": next(iter(w["variants"])), "shift": int(w["null_shift"])}
+        entries[SWEEP_NULL] = {"variant": sorted(w["variants"])[0], "shift": int(w["null_shift"])}
     return entries
