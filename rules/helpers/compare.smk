@@ -39,7 +39,7 @@ def comparison_store_param(side):
 def comparison_params(wildcards):
     c = config["comparisons"][wildcards.comparison]
     return as_param({"kind": c["kind"], "shift": c["shift"], "backend": config["backend"],
-                     "chunk_rows": config["pearson"]["chunk_rows"]})
+                     "chunk_rows": config["pearson"]["chunk_rows"], "top_k": config["pearson"]["top_k"]})
 
 
 def comparison_spec(wildcards):
