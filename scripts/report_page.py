@@ -18,9 +18,11 @@ from universality.core import store
 @click.option("--captions", required=True, help="space-separated caption files (.rst), same order")
 @click.option("--cards", default="", help="space-separated cards JSON, in the order of plan.cards")
 @click.option("--circuits", default="", help="circuits/summary.json (circuits_summary), if any")
+@click.option("--measures", default="", help="report/measures.json (report_measures), if any")
+@click.option("--measure-figures", default="", help="space-separated PNGs of report_measures (similarity_maps, matching_shares)")
 @click.option("--setup", required=True, help='JSON: {"plan", "report", "results"} (the rule\'s params)')
 @click.option("--page", required=True, type=click.Path(dir_okay=False), help="output: index.html")
-def main(summary, figures, captions, cards, circuits, setup, page):
+def main(summary, figures, captions, cards, circuits, measures, measure_figures, setup, page):
     s = json.loads(setup)
     plan = s["plan"]
     pngs, texts = figures.split(), captions.split()
@@ -42,8 +44,15 @@ def main(summary, figures, captions, cards, circuits, setup, page):
                 "figures": [{"src": inline(f["path"]), "caption": f["caption"]} for f in c["figures"]],
                 "tables": [{**t, "src": rel(ResultPaths(s["results"])(t["src"]))}
                            for t in report.circuit_tables(c, s["results"])]}
+    meas = None
+    if measures:
+        from universality.report.measures import MEASURE_FIGURES
+
+        meas = {**store.read_json(measures), "figures": [
+            {"name": n, "title": MEASURE_FIGURES[n], "src": Path(os.path.relpath(Path(p).resolve(), here)).as_posix()}
+            for n, p in zip(MEASURE_FIGURES, measure_figures.split())]}
     text = report.render_page(store.read_json(summary), plan, figs, card_sets,
-                              {"results": s["results"], "report": s["report"]}, circ)
+                              {"results": s["results"], "report": s["report"]}, circ, measures=meas)
     with store.atomic_output(page) as tmp:
         tmp.write_text(text, encoding="utf-8")
     click.echo(f"wrote {page}: {len(figs)} figures, {sum(map(len, card_sets.values()))} cards")

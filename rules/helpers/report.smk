@@ -57,3 +57,11 @@ def report_figure_outputs():
         out[key] = report(paths.report_figure(name), caption=f"../report/captions/{name}.rst",
                           category="Universality (MPPC)")
     return out
+
+
+def measures_setup():
+    """report_measures' param: the comparisons, layers, name orders of its inputs, thresholds."""
+    return as_param({"comparisons": config["comparisons"], "names": COMPARISONS, "cka": CKA_COMPARISONS,
+                     "matched": MATCHED_COMPARISONS, "thresholds": config["measures"]["thresholds"],
+                     "coverage": config["measures"]["coverage"],
+                     "layers": {m: model_layers(config, m) for m in MODELS}})
