@@ -58,11 +58,11 @@ def test_similarity_maps_and_the_page(micro):
         v = pd.read_csv(root / "mppc" / f"{name}.csv.gz")["mppc"]
         assert row["mppc"]["dead_as_zero"] == pytest.approx(v.fillna(0).mean())
         assert row["mppc"]["dead_as_zero"] <= row["mppc"]["excluded_out"] + 1e-12 or v.min() < 0
-        if c["shift"] == 0 and c["kind"] == "sae" and c["a"] != c["b"]:
+        if c.get("shift", 0) == 0 and c["kind"] == "sae" and c["a"] != c["b"]:
             cka = pd.read_csv(root / "measures" / "cka" / f"{name}.csv")
             n = cfg["models"][c["a"]]["n_layers"] * cfg["models"][c["b"]]["n_layers"]
             assert len(cka) == n and cka["cka"].between(0, 1).all() and cka["p_value"].between(0, 1).all()
             assert row["cka"]["max"] == pytest.approx(cka["cka"].max())
-        if c["shift"] == 0 and c["kind"] == "sae":
+        if c.get("shift", 0) == 0 and c["kind"] == "sae":
             s = pd.read_csv(root / "measures" / "svcca_rsa" / f"{name}.csv")
             assert len(s) == cfg["models"][c["a"]]["n_layers"] * cfg["models"][c["b"]]["n_layers"]

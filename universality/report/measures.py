@@ -100,7 +100,7 @@ def similarity_maps(summary: dict, cka: dict, svcca_rsa: dict, comparisons: dict
         xl, yl = f"layer of {c['b']}", f"layer of {c['a']}"
         per = (summary[n]["matching"] or {}).get("per_pair", {})
         share = np.array([[per.get(f"{la},{lb}", {}).get(str(threshold), np.nan) for lb in cols] for la in rows])
-        _heat(row_axes[0], share, rows, cols, f"{n}: one-to-one, r > {threshold}", xl, yl, vmax=max(np.nanmax(share), 1e-9) if np.isfinite(share).any() else 1.0)
+        _heat(row_axes[0], share, rows, cols, f"{n}: one-to-one, r > {threshold}", xl, yl)
         panels = ((cka.get(n), "cka", "p_value", "CKA (residual stream)"),
                   (svcca_rsa.get(n), "svcca", "svcca_p", "SVCCA (matched features)"),
                   (svcca_rsa.get(n), "rsa", "rsa_p", "RSA (matched features)"))
