@@ -99,6 +99,8 @@ rule report_page:
         captions=[caption(f) for f in REPORT["figures"]],
         cards=[paths.cards(c) for c in REPORT["cards"]],
         circuits=circuit_targets(),
+        measures=paths.measures_summary(),
+        measure_figures=[paths.report_figure(f) for f in ("similarity_maps", "matching_shares")],
     output:
         page=paths.report_page(),
     params:
@@ -112,3 +114,25 @@ rule report_page:
         "../envs/core.yaml"
     script:
         "../scripts/report_page.py"
+
+
+# The measures beside MPPC (depth, one-to-one matching, CKA, SVCCA / RSA): numbers and depth maps.
+rule report_measures:
+    input:
+        **measure_inputs(),
+        forward=[paths.mppc(c) for c in COMPARISONS],
+    output:
+        summary=paths.measures_summary(),
+        similarity_maps=paths.report_figure("similarity_maps"),
+        matching_shares=paths.report_figure("matching_shares"),
+    params:
+        setup=measures_setup(),
+    log:
+        paths.log("report", "measures"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/report_measures.py"

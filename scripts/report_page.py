@@ -20,9 +20,11 @@ from universality.core import store
 @click.option("--circuits", default="", help="circuits/summary.json (circuits_summary), if any")
 @click.option("--sae", default="", help="report/sae.json (report_sae): SAE quality and the sweep")
 @click.option("--sae-figure", default="", help="the sweep figure (report_sae), if any")
+@click.option("--measures", default="", help="report/measures.json (report_measures), if any")
+@click.option("--measure-figures", default="", help="space-separated PNGs of report_measures (similarity_maps, matching_shares)")
 @click.option("--setup", required=True, help='JSON: {"plan", "report", "results"} (the rule\'s params)')
 @click.option("--page", required=True, type=click.Path(dir_okay=False), help="output: index.html")
-def main(summary, figures, captions, cards, circuits, sae, sae_figure, setup, page):
+def main(summary, figures, captions, cards, circuits, sae, sae_figure, measures, measure_figures, setup, page):
     s = json.loads(setup)
     plan = s["plan"]
     pngs, texts = figures.split(), captions.split()
@@ -49,8 +51,15 @@ def main(summary, figures, captions, cards, circuits, sae, sae_figure, setup, pa
         sae_section = store.read_json(sae)
         if sae_figure:
             sae_section["figure"] = Path(os.path.relpath(Path(sae_figure).resolve(), here)).as_posix()
+    meas = None
+    if measures:
+        from universality.report.measures import MEASURE_FIGURES
+
+        meas = {**store.read_json(measures), "figures": [
+            {"name": n, "title": MEASURE_FIGURES[n], "src": Path(os.path.relpath(Path(p).resolve(), here)).as_posix()}
+            for n, p in zip(MEASURE_FIGURES, measure_figures.split())]}
     text = report.render_page(store.read_json(summary), plan, figs, card_sets,
-                              {"results": s["results"], "report": s["report"]}, circ, sae=sae_section)
+                              {"results": s["results"], "report": s["report"]}, circ, sae=sae_section, measures=meas)
     with store.atomic_output(page) as tmp:
         tmp.write_text(text, encoding="utf-8")
     click.echo(f"wrote {page}: {len(figs)} figures, {sum(map(len, card_sets.values()))} cards")

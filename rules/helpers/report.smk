@@ -88,3 +88,11 @@ def sae_report_outputs():
 
 def sae_page_figures():
     return [paths.report_figure("sae_sweep")] if SWEEP_ENTRIES else []
+
+
+def measures_setup():
+    """report_measures' param: the comparisons, layers, name orders of its inputs, thresholds."""
+    return as_param({"comparisons": config["comparisons"], "names": COMPARISONS, "cka": CKA_COMPARISONS,
+                     "matched": MATCHED_COMPARISONS, "thresholds": config["measures"]["thresholds"],
+                     "coverage": config["measures"]["coverage"],
+                     "layers": {m: model_layers(config, m) for m in MODELS}})

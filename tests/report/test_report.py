@@ -147,8 +147,10 @@ def test_report_plan_infers_roles_and_rejects_bad_keys(repo):
     cfg = yaml.safe_load((repo / "presets" / "micro.yaml").read_text())
     plan = report_plan(validate(cfg))
     assert plan["difference"] == ["cross_arch", "model_seed"] and plan["cards"] == ["cross_arch"]
-    assert plan["chance"]["cross_arch"] == "cross_arch_null" and plan["chance"]["neuron_baseline"] is None
-    assert plan["nulls"] == ["cross_arch_null"] and plan["complexity"] == [["neox-s0", 0]]
+    assert plan["chance"]["cross_arch"] == "cross_arch_null"
+    assert plan["chance"]["neuron_baseline"] == "neuron_baseline_null"  # issue 18: the baseline's own null
+    assert plan["chance"]["random_init"] == "cross_arch_null"  # no null of its own: the one with its A
+    assert plan["nulls"] == ["cross_arch_null", "neuron_baseline_null"] and plan["complexity"] == [["neox-s0", 0]]
     bad = copy.deepcopy(cfg)
     bad["report"] = {"difference": ["cross_arch", "neuron_baseline"]}
     with pytest.raises(ConfigError, match="report.difference"):
@@ -307,6 +309,7 @@ def test_report_page_renders_in_headless_chromium(micro, tmp_path):
     circuits = json.loads((root / "circuits" / "summary.json").read_text())
     n_images = len(plan["figures"]) + len(circuits["figures"])
     n_images += 1 if sweep_entries(validate(cfg)) else 0  # issue 19: the SAE-invariance sweep's figure
+    n_images += 2  # issue 18: report_measures' two depth maps
     assert len(circuits["figures"]) >= 3 and 'id="circuits"' in (root / "report" / "index.html").read_text()
     assert_renders(root / "report" / "index.html", tmp_path, n_images)
     # the page references its figures relatively: a copied report folder still works

@@ -72,6 +72,18 @@ def report_jobs(cfg, touched, models):
     return {k: v for k, v in jobs.items() if v}
 
 
+def measure_jobs(touched: dict, sae_changed: bool) -> dict:
+    """The measures beside MPPC that rerun when the comparisons ``touched`` change (issue 18):
+    depth and matching of each, SVCCA / RSA of the main SAE ones, CKA (residual streams) of the
+    main SAE ones between two models only when the models themselves changed, and
+    report_measures."""
+    main = {k: c for k, c in touched.items() if c.get("shift", 0) == 0 and c["kind"] == "sae"}
+    cka = 0 if sae_changed else sum(c["a"] != c["b"] for c in main.values())
+    jobs = {"depth": len(touched), "matching": len(touched), "svcca_rsa": len(main), "cka": cka,
+            "report_measures": 1}
+    return {k: v for k, v in jobs.items() if v}
+
+
 def test_changing_one_seed_reruns_that_model_only(repo, micro, tmp_path):
     work, _, cfg = micro
     cfg = copy.deepcopy(cfg)
@@ -86,6 +98,7 @@ def test_changing_one_seed_reruns_that_model_only(repo, micro, tmp_path):
     assert touched and planned_jobs(repo, work, changed) == {
         "train_model": 1, "activations": n_sites, "train_sae": layers, "features": layers,
         "pearson_pair": pairs, "mppc": len(touched), "all": 1, **report_jobs(cfg, touched, ["neox-s1"]),
+        **measure_jobs(touched, sae_changed=False),
         "circuits_heads": 1, "circuits_summary": 1}  # issue 6: neox-s1's heads, then the summary
     out = snakemake(repo, work, "-n", "--configfile", str(changed)).stdout
     assert "wildcards: model=neox-s1" in out and "model=neox-s0" not in out and "model=mamba-s0" not in out
@@ -102,7 +115,7 @@ def test_changing_l1_of_one_mamba_layer_reruns_its_descendants_only(repo, micro,
     pairs = sum(cfg["models"][c["a"]]["n_layers"] for c in touched.values())
     assert planned_jobs(repo, work, changed) == {
         "train_sae": 1, "features": 1, "pearson_pair": pairs, "mppc": len(touched), "all": 1,
-        **report_jobs(cfg, touched, ["mamba-s0"])}
+        **report_jobs(cfg, touched, ["mamba-s0"]), **measure_jobs(touched, sae_changed=True)}
     out = snakemake(repo, work, "-n", "--configfile", str(changed)).stdout
     assert re.search(r"wildcards: model=mamba-s0, site=resid, layer=1, seed=0", out), out
 

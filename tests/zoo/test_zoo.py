@@ -178,3 +178,19 @@ def test_warmup_text_rows(monkeypatch):
     drawn.clear()
     _, hist = zoo.train(spec, training, FakeTokens(10, 32, 40), 32, 40)
     assert drawn == [4, 4] and hist[0]["loss_text"] is None  # default: synthetic rows only
+
+
+def test_zero_train_tokens_returns_the_initialisation():
+    """The random-initialisation control: ``train_tokens: 0`` takes no step, so the model is the
+    seed's initialisation (the same weights a trained model of that seed starts from)."""
+    spec = {"arch": "gpt_neox", "seed": 5, "d_model": 16, "n_layers": 2, "n_heads": 2, "train_tokens": 0}
+    training = {"batch_size": 4, "lr": 1e-2, "warmup_steps": 2, "weight_decay": 0.0, "induction_rows": 4,
+                "induction_len": 32, "induction_warmup_steps": 3}
+    tokens = FakeTokens(20, 32, 40)
+    model, history = zoo.train(spec, training, tokens, 32, 40)
+    torch.manual_seed(5)
+    init = models.build_model(models.build_config(spec, 40, 32, tokens.bos_id))
+    assert history == []
+    for (n, a), (_, b) in zip(model.state_dict().items(), init.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert math.isfinite(zoo.eval_loss(model, tokens, 32, 200))

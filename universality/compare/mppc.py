@@ -22,8 +22,10 @@ def open_source(path: str, kind: str):
 
 
 def pair(a_path: str, b_path: str, kind: str, shift: int, out: str, *, chunk_rows: int = 8192,
-         backend: str = "auto", meta: dict | None = None) -> dict:
-    """Stream one layer pair; write row/col max and argmax (``pearson/{comparison}/A{la}_B{lb}.npz``)."""
+         backend: str = "auto", meta: dict | None = None, top_k: int = 0) -> dict:
+    """Stream one layer pair; write row/col max and argmax (``pearson/{comparison}/A{la}_B{lb}.npz``),
+    and with ``top_k`` > 0 the ``top_k`` best candidates per feature in both directions (the
+    one-to-one matching's graph, :mod:`universality.compare.matching`)."""
     a, b = open_source(a_path, kind), open_source(b_path, kind)
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"token counts differ: {a_path} has {a.shape[0]} rows, {b_path} has {b.shape[0]}")
@@ -32,7 +34,7 @@ def pair(a_path: str, b_path: str, kind: str, shift: int, out: str, *, chunk_row
     b_chunks = pearson.rolled_chunks(b, shift, chunk_rows) if shift else b.chunks(chunk_rows)
     for a_chunk, b_chunk in zip(a.chunks(chunk_rows), b_chunks):
         acc.update(a_chunk, b_chunk)
-    result = acc.result()
+    result = acc.result(top_k=top_k)
     pearson.save_result(out, result, **(meta or {}))
     return result
 

@@ -136,6 +136,32 @@ class ResultPaths:
     def mppc_summary(self, comparison) -> str:
         return self("mppc", f"{comparison}.json")
 
+    # --- compare: the measures beside MPPC (compare/depth.py, matching.py, layer_maps.py) ---
+
+    def depth_stats(self, comparison) -> str:
+        """Depth statistics and the App. C numbers of both directions."""
+        return self("measures", "depth", f"{comparison}.json")
+
+    def matching(self, comparison) -> str:
+        """One-to-one matching numbers, mutual best pairs, MPPC's many-to-one distribution."""
+        return self("measures", "matching", f"{comparison}.json")
+
+    def matching_table(self, comparison) -> str:
+        """The across-layer one-to-one matching, one row per feature of A."""
+        return self("measures", "matching", f"{comparison}.csv.gz")
+
+    def cka(self, comparison) -> str:
+        """Linear CKA of the residual streams per layer pair, with permutation p-values."""
+        return self("measures", "cka", f"{comparison}.csv")
+
+    def svcca_rsa(self, comparison) -> str:
+        """SVCCA and RSA of the matched features per layer pair, with permutation p-values."""
+        return self("measures", "svcca_rsa", f"{comparison}.csv")
+
+    def measures_summary(self) -> str:
+        """The report's numbers of every measure (report_measures)."""
+        return self("report", "measures.json")
+
     # --- circuits ---
 
     def circuit_table(self, model, experiment) -> str:

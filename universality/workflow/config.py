@@ -15,7 +15,7 @@ import jsonschema
 import yaml
 
 from universality.circuits.config import CircuitsConfig
-from universality.compare.config import PearsonConfig
+from universality.compare.config import MeasuresConfig, PearsonConfig
 from universality.data.config import ActivationsConfig, CorpusConfig, TokenizerConfig
 from universality.report.config import ReportConfig
 from universality.sae.config import SWEEP_SEED_KEYS, SAESweepConfig, SAETrainConfig
@@ -190,8 +190,8 @@ def sae_config(config: dict, model: str, layer: int) -> SAETrainConfig:
 
 #: The dataclass of each defaulted section (the single source of its defaults); `saes`: sae_config.
 STAGE_CONFIGS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "training": TrainingConfig,
-                 "activations": ActivationsConfig, "pearson": PearsonConfig, "report": ReportConfig,
-                 "circuits": CircuitsConfig, "sae_sweep": SAESweepConfig}
+                 "activations": ActivationsConfig, "pearson": PearsonConfig, "measures": MeasuresConfig,
+                 "report": ReportConfig, "circuits": CircuitsConfig, "sae_sweep": SAESweepConfig}
 
 
 def stage_config(config: dict, section: str):

@@ -91,7 +91,9 @@ def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: in
     ``induction_warmup_text_rows`` natural windows (default 0); every later step sees
     ``batch_size`` natural windows of ``max_len`` tokens plus ``induction_rows`` synthetic rows
     of ``induction_len`` tokens, and its loss is the sum of the two mean losses. Natural
-    steps continue until ``train_tokens`` natural tokens are seen.
+    steps continue until ``train_tokens`` natural tokens are seen. ``train_tokens: 0`` takes no
+    step at all (neither warm-up nor text): the model is returned as initialised (the
+    random-initialisation control).
     """
     seed = spec["seed"]
     torch.manual_seed(seed)
@@ -106,7 +108,7 @@ def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: in
     warm = training["induction_warmup_steps"] if warm_rows else 0
     warm_text = training.get("induction_warmup_text_rows") or 0
     text_steps = max(1, math.ceil(spec["train_tokens"] / (batch * max_len)))
-    steps = warm + text_steps
+    steps = warm + text_steps if spec["train_tokens"] > 0 else 0
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(

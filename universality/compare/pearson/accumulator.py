@@ -207,7 +207,7 @@ class PearsonAccumulator:
         :func:`~universality.compare.pearson.moments.finish_side`)."""
         return moments.finish_side(self.xp, side, self.n_tokens)
 
-    def result(self) -> dict:
+    def result(self, top_k: int = 0) -> dict:
         """Row/column maxima of the Pearson matrix and the per-feature moments.
 
         Keys (NumPy arrays on the host):
@@ -216,6 +216,10 @@ class PearsonAccumulator:
           ``n_tokens``, ``excluded_a``/``excluded_b`` (counts), ``never_fired_a``/``_b``,
           ``constant_a``/``_b``, ``valid_a``/``valid_b`` (bool masks), and per-feature
           ``mean_a, std_a, sum_a, sumsq_a, nnz_a, min_a, max_a`` (same for ``_b``).
+        With ``top_k`` > 0 also the ``top_k`` best candidates per feature
+        (:func:`~universality.compare.pearson.moments.topk_xp`): ``row_top_val`` [n_a, k]
+        float32 (NaN: no candidate), ``row_top_arg`` [n_a, k] int32 (-1), ``col_top_val`` /
+        ``col_top_arg`` [n_b, k]; the maxima above are computed as without it (bitwise).
         """
         self._flush()
         fa, fb = self._finish_side(self._side["a"]), self._finish_side(self._side["b"])
@@ -242,7 +246,22 @@ class PearsonAccumulator:
             out[f"constant_{s}"] = f["const"]
             for k, v in f["moments"].items():
                 out[f"{k}_{s}"] = to_host(v)
+        if top_k > 0:
+            out.update(self._top_k(int(top_k), fa, fb))
         return out
+
+    def _top_k(self, k: int, fa: dict, fb: dict) -> dict:
+        """The ``row_top_*`` / ``col_top_*`` arrays of :meth:`result` (host, float32 / int32)."""
+        if self._sxy is None:
+            vals = [np.full((n, k), -np.inf) for n in (self.n_a, self.n_b)]
+            tops = (vals[0], np.full((self.n_a, k), -1), vals[1], np.full((self.n_b, k), -1))
+        else:
+            tops = moments.topk_xp(self.xp, self._sxy, float(self.n_tokens), fa, fb, k)
+        rv, ri, cv, ci = (to_host(v) for v in tops)
+        return {"row_top_val": np.where(np.isfinite(rv), rv, np.nan).astype(np.float32),
+                "row_top_arg": ri.astype(np.int32),
+                "col_top_val": np.where(np.isfinite(cv), cv, np.nan).astype(np.float32),
+                "col_top_arg": ci.astype(np.int32)}
 
     def pearson_matrix(self) -> np.ndarray:
         """The full ``[n_a, n_b]`` float64 Pearson matrix (NaN rows/columns for excluded

@@ -169,3 +169,71 @@ def pearson_matrix(xp, sxy, n: float, fa: dict, fb: dict):
     r = (n * sxy - fa["sx"][:, None] * fb["sx"][None, :]) * fa["inv"][:, None] * fb["inv"][None, :]
     r = xp.clip(r, -1.0, 1.0)
     return xp.where(fa["valid"][:, None] & fb["valid"][None, :], r, xp.nan)
+
+
+def _block_r(xp, sxy, n: float, fa: dict, fb: dict, i0: int, i1: int):
+    """Rows ``i0:i1`` of ``r`` (float64, clipped to [-1, 1]) with ``-inf`` where either feature
+    is excluded: the same formula and masking as :func:`maxima_xp`."""
+    r = (n * sxy[i0:i1] - fa["sx"][i0:i1, None] * fb["sx"][None, :]) * fa["inv"][i0:i1, None]
+    r *= fb["inv"][None, :]
+    xp.clip(r, -1.0, 1.0, out=r)
+    return xp.where(fa["valid"][i0:i1, None] & fb["valid"][None, :], r, -xp.inf)
+
+
+def _rows_topk(xp, r, k: int):
+    """Top ``k`` of every row of ``r`` [m, n] (``-inf`` = no candidate): values [m, k] in
+    decreasing order, ties to the lower column index (as a stable sort of ``-r`` would give).
+    A partial selection first; rows with ties across the k-th value are redone by a full sort."""
+    m, n = r.shape
+    if k >= n:
+        idx = xp.argsort(-r, axis=1, kind="stable")
+    else:
+        part = xp.argpartition(-r, k - 1, axis=1)[:, :k]
+        part.sort(axis=1)  # ascending column index: the stable sort below then breaks ties low
+        vals = xp.take_along_axis(r, part, axis=1)
+        order = xp.argsort(-vals, axis=1, kind="stable")
+        idx = xp.take_along_axis(part, order, axis=1)
+        kth = xp.take_along_axis(r, idx[:, -1:], axis=1)
+        redo = xp.flatnonzero((r >= kth).sum(axis=1) > k)  # a tie straddles the k-th place
+        if len(redo):
+            idx[redo] = xp.argsort(-r[redo], axis=1, kind="stable")[:, :k]
+    idx = idx[:, :k]
+    return xp.take_along_axis(r, idx, axis=1), idx
+
+
+def _merge_topk(xp, vals, idx, new_vals, new_idx, k: int):
+    """Top ``k`` of two candidate lists per row, ``new_idx`` all above ``idx`` (later rows of
+    ``sxy``): a stable sort of the concatenation keeps the lower index first on ties."""
+    v = xp.concatenate([vals, new_vals], axis=1)
+    i = xp.concatenate([idx, new_idx], axis=1)
+    order = xp.argsort(-v, axis=1, kind="stable")[:, :k]
+    return xp.take_along_axis(v, order, axis=1), xp.take_along_axis(i, order, axis=1)
+
+
+def topk_xp(xp, sxy, n: float, fa: dict, fb: dict, k: int, block_rows: int = 1024):
+    """The ``k`` best candidates of every feature in both directions, from the same sums as
+    :func:`maxima_xp`: (row_val [n_a, k] f64, row_idx [n_a, k] i64, col_val [n_b, k],
+    col_idx [n_b, k]); decreasing ``r``, ties to the lower index, ``-inf`` / ``-1`` where a
+    feature has fewer than ``k`` valid candidates (excluded features: all ``-1``).  Entry 0 is
+    the maximum (same value and index as :func:`maxima_xp`).  One extra pass over ``sxy``, peak
+    extra memory ``block_rows * n_b * 8`` bytes; the maxima pass is untouched."""
+    n_a, n_b = sxy.shape
+    kr, kc = min(k, n_b), min(k, n_a)
+    row_val = xp.full((n_a, k), -xp.inf)
+    row_idx = xp.full((n_a, k), -1, xp.int64)
+    col_val = xp.full((n_b, 0), -xp.inf)
+    col_idx = xp.full((n_b, 0), -1, xp.int64)
+    for i0 in range(0, n_a, block_rows):
+        i1 = min(n_a, i0 + block_rows)
+        r = _block_r(xp, sxy, n, fa, fb, i0, i1)
+        v, i = _rows_topk(xp, r, kr)
+        row_val[i0:i1, :kr], row_idx[i0:i1, :kr] = v, i
+        v, i = _rows_topk(xp, xp.ascontiguousarray(r.T), min(kc, i1 - i0))
+        col_val, col_idx = _merge_topk(xp, col_val, col_idx, v, i + i0, kc)
+    pad = k - col_val.shape[1]
+    if pad:
+        col_val = xp.concatenate([col_val, xp.full((n_b, pad), -xp.inf)], axis=1)
+        col_idx = xp.concatenate([col_idx, xp.full((n_b, pad), -1, xp.int64)], axis=1)
+    row_idx = xp.where(xp.isfinite(row_val), row_idx, -1)
+    col_idx = xp.where(xp.isfinite(col_val), col_idx, -1)
+    return row_val, row_idx, col_val, col_idx
