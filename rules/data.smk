@@ -1,4 +1,5 @@
 # Corpus, tokenizer, token sets and activations (universality/data).
+include: "helpers/data.smk"
 
 
 rule documents:
@@ -47,6 +48,7 @@ rule tokens:
         manifest=paths.tokens_manifest("{split}"),
     params:
         max_len=config["tokenizer"]["max_len"],
+        budget=token_budget_param,  # checked here, before any model is trained
     log:
         paths.log("tokens", "{split}"),
     threads: 2

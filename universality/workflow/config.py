@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import glob
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,13 @@ def validate(config: dict, schema: dict | None = None) -> dict:
     if errors:
         lines = [f"  {_key_path(e)}: {e.message}" for e in errors]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    _check_finite(config)
     _check_models(config)
+    _check_names(config)
+    _check_results(config)
+    _check_sae_override_values(config, schema)
+    _check_sae_batches(config)
+    _check_shifts(config)
     _check_corpus(config)
     _check_saes(config)
     _check_comparisons(config)
@@ -335,3 +342,119 @@ def _check_circuits(config: dict) -> None:
     if 2 * c["score_length"] + 1 > max_len:
         raise ConfigError(f"circuits.score_length: [BOS] R R rows of {2 * c['score_length'] + 1} tokens "
                           f"exceed tokenizer.max_len = {max_len}")
+
+
+# --- reliability (issue 20): values that would run but give wrong numbers, or fail late ---
+#: Top-level folders of the source tree that `results` must never be (or be inside of).
+SOURCE_DIRS = ("universality", "rules", "scripts", "schemas", "tests", "presets", "envs", "profiles",
+               "report", "docs", "benchmarks", ".git")
+REPO_ROOT = SCHEMA_PATH.parents[1]
+
+
+def _walk(node: Any, key: str = "") -> Any:
+    """``(dotted key, value)`` of every leaf of a config."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{key}[{i}]")
+    else:
+        yield key, node
+
+
+def _check_finite(config: dict) -> None:
+    """NaN and inf (YAML ``.nan`` / ``.inf``) pass every ``minimum`` of a schema: refuse them."""
+    for key, value in _walk(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: {value} is not a finite number")
+
+
+def _check_names(config: dict) -> None:
+    """Model / comparison names are path parts: unique ignoring case (case-insensitive disks);
+    a model's layers unique."""
+    for section in ("models", "comparisons"):
+        seen: dict[str, str] = {}
+        for name in config[section]:
+            if name.lower() in seen:
+                raise ConfigError(f"{section}.{name}: differs from {section}.{seen[name.lower()]} only in case "
+                                  "(their outputs would share paths on a case-insensitive file system)")
+            seen[name.lower()] = name
+    for name, m in config["models"].items():
+        layers = m.get("layers") or []
+        dup = sorted({l for l in layers if layers.count(l) > 1})
+        if dup:
+            raise ConfigError(f"models.{name}.layers: layer(s) {dup} listed twice")
+
+
+def _check_results(config: dict) -> None:
+    """`results` is a directory of its own: not empty, not the repository or one of its source folders."""
+    results = config["results"]
+    if not str(results).strip():
+        raise ConfigError("results: empty; give an output directory (default 'results')")
+    where = Path(results).expanduser().resolve()
+    if where == REPO_ROOT:
+        raise ConfigError(f"results: {results!r} is the repository itself ({REPO_ROOT}); use e.g. 'results'")
+    for d in SOURCE_DIRS:
+        src = REPO_ROOT / d
+        if where == src or src in where.parents:
+            raise ConfigError(f"results: {results!r} resolves to {where}, inside the source folder {src}")
+
+
+def _check_sae_override_values(config: dict, schema: dict) -> None:
+    """``saes.overrides.<model>.<layer>.<key>`` values obey the schema of ``saes.<key>``."""
+    props = schema["properties"]["saes"]["properties"]
+    for model, layers in config["saes"]["overrides"].items():
+        for layer, changes in layers.items():
+            for k, v in changes.items():
+                if k not in props:
+                    continue  # unknown keys: _check_saes names them
+                errors = list(jsonschema.Draft202012Validator(props[k]).iter_errors(v))
+                if errors:
+                    raise ConfigError(f"saes.overrides.{model}.{layer}.{k}: {errors[0].message}")
+
+
+def sae_train_rows(config: dict, site: str) -> int:
+    """Rows an SAE of ``site`` trains on: the resid store's sae segment, or (neuron: eval rows only)
+    the store less its held-out tail (universality.sae.buffer.split_rows)."""
+    a = config["activations"]
+    if site == "resid":
+        return int(a["sae_tokens"])
+    n = int(a["eval_tokens"])
+    return n - int(math.ceil(SAETrainConfig().eval_fraction * n))
+
+
+def _check_sae_batches(config: dict) -> None:
+    for model in config["models"]:
+        for layer in model_layers(config, model):
+            opts = sae_options(config, model, layer)
+            over = str(layer) in config["saes"]["overrides"].get(model, {})
+            key = f"saes.overrides.{model}.{layer}.batch_size" if over else "saes.batch_size"
+            for site in config["saes"]["sites"]:
+                rows = sae_train_rows(config, site)
+                if opts["batch_size"] > rows:
+                    raise ConfigError(f"{key}: {opts['batch_size']} is more than the {rows} stored {site} rows an "
+                                      f"SAE of {model} L{layer} trains on (raise activations.sae_tokens or lower it)")
+
+
+def _check_shifts(config: dict) -> None:
+    """A permutation null must move every token out of its own window: shift mod N (N = eval rows)
+    at least tokenizer.max_len away from 0."""
+    n, max_len = int(config["activations"]["eval_tokens"]), int(config["tokenizer"]["max_len"])
+    for name, c in config["comparisons"].items():
+        if not c["shift"]:
+            continue
+        r = c["shift"] % n
+        if min(r, n - r) < max_len:
+            raise ConfigError(f"comparisons.{name}.shift: {c['shift']} is {min(r, n - r)} tokens from 0 mod the "
+                              f"{n} eval tokens (activations.eval_tokens); a null needs a distance of at least "
+                              f"tokenizer.max_len = {max_len} (e.g. shift {n // 2 - 1})")
+
+
+def token_budget(config: dict, split: str) -> dict[str, int]:
+    """``{config key: scored tokens needed}`` of token set ``split`` (checked by the tokens rule,
+    before any model is trained)."""
+    a = config["activations"]
+    if split == "train":
+        return {"activations.sae_tokens": int(a["sae_tokens"])} if "resid" in a["sites"] else {}
+    return {"activations.eval_tokens": int(a["eval_tokens"])}
