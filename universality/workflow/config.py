@@ -72,12 +72,12 @@ def validate(config: dict, schema: dict | None = None) -> dict:
     """Return a validated copy of ``config`` with defaults filled in; raise ConfigError."""
     schema = schema or load_schema()
     config = _fill_defaults(copy.deepcopy(dict(config)), schema)
+    _check_finite(config)  # first: NaN passes every `minimum`, and -inf fails one with a vaguer message
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [f"  {_key_path(e)}: {e.message}" for e in errors]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
-    _check_finite(config)
     _check_models(config)
     _check_names(config)
     _check_results(config)
