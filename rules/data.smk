@@ -49,6 +49,7 @@ rule tokens:
     params:
         max_len=config["tokenizer"]["max_len"],
         doc_mode=config["tokenizer"]["documents"],  # split | truncate (paper App. A.1)
+        budget=token_budget_param,  # checked here, before any model is trained
     log:
         paths.log("tokens", "{split}"),
     threads: 2

@@ -22,8 +22,7 @@ def main(comparison, pairs, forward, backward, summary):
         results[(int(r["la"]), int(r["lb"]))] = r
     fwd, rev = mppc.reduce(results)
     for table, path in ((fwd, forward), (rev, backward)):
-        with store.atomic_output(path) as tmp:
-            table.to_csv(tmp, index=False, compression="gzip")
+        store.write_csv_gz(path, table)
     info = {"comparison": comparison, "forward": mppc.summary(fwd), "reverse": mppc.summary(rev)}
     store.write_json(summary, info)
     click.echo(json.dumps(info, indent=2))

@@ -17,8 +17,7 @@ def main(stores, layers, tokens, top_k, out):
     if len(paths) != len(layer_ids):
         raise click.BadParameter(f"{len(paths)} stores for {len(layer_ids)} layers", param_hint="--layers")
     table = complexity.score_stores(dict(zip(layer_ids, paths)), tokens, top_k)
-    with store.atomic_output(out) as tmp:
-        table.to_csv(tmp, index=False, compression="gzip")
+    store.write_csv_gz(out, table)
     click.echo(table.describe().to_string())
 
 

@@ -1,4 +1,11 @@
 # Helpers of rules/data.smk (documents, tokenizer, tokens, activations).
+from universality.workflow.config import token_budget
+
+
+def token_budget_param(wildcards):
+    """``{config key: scored tokens}`` the token set ``{split}`` must hold (JSON)."""
+    return as_param(token_budget(config, wildcards.split))
+
 
 #: Keys of the `tokenizer` section that change the token sets but not the tokenizer itself.
 TOKEN_SET_KEYS = ("documents",)

@@ -45,8 +45,9 @@ def report_setup():
 
 
 def caption(name):
-    """The caption of figure ``name`` (in the repository, whatever the working directory)."""
-    return os.path.join(workflow.basedir, "report", "captions", f"{name}.rst")
+    """The caption of figure ``name`` (in the repository, whatever the working directory), relative
+    to the working directory: moving the project together with its results reruns nothing."""
+    return os.path.relpath(os.path.join(workflow.basedir, "report", "captions", f"{name}.rst"))
 
 
 def report_figure_outputs():

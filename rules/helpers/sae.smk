@@ -16,7 +16,7 @@ def sae_targets():
 
 
 # --- the SAE-invariance sweep (issue 19): variants of one base SAE (config `sae_sweep`) ---
-from universality.workflow.config import sweep_entries, sweep_run
+from universality.workflow.sweep import sweep_entries, sweep_run
 
 SWEEP = config["sae_sweep"]
 SWEEP_ENTRIES = sweep_entries(config)  # {entry: {"variant", "shift"}}, the variants + the null

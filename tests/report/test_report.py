@@ -18,7 +18,8 @@ import zarr
 from universality.report import cards
 from universality.report import complexity
 from universality.report import page as report
-from universality.workflow.config import ConfigError, report_plan, sweep_entries, validate
+from universality.workflow.config import ConfigError, report_plan, validate
+from universality.workflow.sweep import sweep_entries
 from conftest import snakemake
 
 CHROMIUM = "/usr/bin/chromium"

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from universality.report import sae as sae_report
-from universality.workflow.config import sweep_entries, validate
+from universality.workflow.config import validate
+from universality.workflow.sweep import sweep_entries
 
 
 def table(values):

@@ -5,8 +5,8 @@ import copy
 
 import pytest
 
-from universality.workflow.config import (SWEEP_NULL, ConfigError, sae_options, sweep_entries, sweep_run,
-                                          validate)
+from universality.workflow.config import ConfigError, sae_options, validate
+from universality.workflow.sweep import SWEEP_NULL, sweep_entries, sweep_run
 
 
 def base(**sweep):

@@ -21,6 +21,19 @@ def open_source(path: str, kind: str):
     return CSRStore(path) if kind == "sae" else DenseEval(path)
 
 
+def eval_token_hash(attrs: dict) -> str | None:
+    """The hash of the eval token set a store's rows come from (None if it does not record one)."""
+    return (attrs.get("token_sets") or {}).get("eval")
+
+
+def check_same_tokens(a_path: str, a_attrs: dict, b_path: str, b_attrs: dict) -> None:
+    """Both sides of a layer pair must be rows of the same eval token set."""
+    ha, hb = eval_token_hash(a_attrs), eval_token_hash(b_attrs)
+    if ha is not None and hb is not None and ha != hb:
+        raise ValueError(f"eval token sets differ: {a_path} has rows of token set {ha}, {b_path} of {hb} "
+                         "(rerun the activations and features of the stale side)")
+
+
 def pair(a_path: str, b_path: str, kind: str, shift: int, out: str, *, chunk_rows: int = 8192,
          backend: str = "auto", meta: dict | None = None, top_k: int = 0) -> dict:
     """Stream one layer pair; write row/col max and argmax (``pearson/{comparison}/A{la}_B{lb}.npz``),
@@ -29,6 +42,10 @@ def pair(a_path: str, b_path: str, kind: str, shift: int, out: str, *, chunk_row
     a, b = open_source(a_path, kind), open_source(b_path, kind)
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"token counts differ: {a_path} has {a.shape[0]} rows, {b_path} has {b.shape[0]}")
+    check_same_tokens(a_path, a.attrs, b_path, b.attrs)
+    if shift and shift % a.shape[0] == 0:
+        raise ValueError(f"shift {shift} is a multiple of the {a.shape[0]} eval tokens: the 'null' would pair "
+                         "every token with itself (choose a shift that is not 0 mod the token count)")
     acc = pearson.PearsonAccumulator(a.shape[1], b.shape[1], backend=backend,
                                      mode="sparse" if kind == "sae" else "dense")
     b_chunks = pearson.rolled_chunks(b, shift, chunk_rows) if shift else b.chunks(chunk_rows)

@@ -42,7 +42,18 @@ def run(command: click.Command, smk) -> None:
             stack.enter_context(contextlib.redirect_stdout(handle))
             stack.enter_context(contextlib.redirect_stderr(handle))
         print(f"$ {command.name} {' '.join(args)}", file=sys.stderr)
+        clean_outputs(list(smk.output))
         command.main(args, standalone_mode=False)
+
+
+def clean_outputs(outputs: list[str]) -> None:
+    """Remove what killed earlier attempts left beside this job's outputs (``<out>.tmp-<PID>``
+    of dead PIDs; at paper scale these are whole activation stores)."""
+    from universality.core.store import clean_stale_temporaries
+
+    for out in outputs:
+        for gone in clean_stale_temporaries(out):
+            print(f"removed stale temporary {gone} (its writer is gone)", file=sys.stderr)
 
 
 def entry(command: click.Command, namespace: dict) -> None:

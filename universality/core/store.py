@@ -7,9 +7,12 @@ temporary path and renamed into place only when complete, so a killed job leaves
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,8 +21,21 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from universality.core.integrity import StoreError, content_id, reading, seal, verify
+
+__all__ = ["StoreError", "atomic_output", "clean_stale_in", "clean_stale_temporaries", "content_id", "create_array",
+           "open_array", "open_group", "read_json", "reading", "seal", "verify", "write_csv_gz", "write_json"]
+
+#: Write every chunk, empty ones too, so that a missing chunk file is always a lost chunk.
+ARRAY_CONFIG = {"write_empty_chunks": True}
+
 #: Chunk length along tokens for activation and token arrays (rows per chunk).
 DEFAULT_CHUNK_ROWS = 4096
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete a file or directory if it exists."""
+    _remove(Path(path))
 
 
 def _remove(path: Path) -> None:
@@ -30,11 +46,12 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(final: str | os.PathLike) -> Iterator[Path]:
+def atomic_output(final: str | os.PathLike, *, sealed: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it to ``final`` only if the block succeeds.
 
     Works for files and directories (Zarr stores, ``save_pretrained`` folders). The temporary
-    name carries the PID so two crashed attempts never collide.
+    name carries the PID so two crashed attempts never collide. ``sealed``: write the directory's
+    integrity record (:func:`universality.core.integrity.seal`) before the rename.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +61,8 @@ def atomic_output(final: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"atomic_output: nothing was written to {tmp} for {final}")
+        if sealed:
+            seal(tmp)
         _remove(final)
         os.replace(tmp, final)
     except BaseException:
@@ -73,7 +92,51 @@ def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"expected JSON file is missing: {path}")
-    return json.loads(path.read_text())
+    with reading(path):
+        return json.loads(path.read_text())
+
+
+_TMP = re.compile(r"^(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def clean_stale_temporaries(final: str | os.PathLike) -> list[Path]:
+    """Remove ``<final>.tmp-<PID>`` siblings left by killed writes whose PID is no longer alive
+    (a live PID may be another job writing now). Returns what was removed."""
+    final = Path(final)
+    return clean_stale_in(final.parent, final.name)
+
+
+def clean_stale_in(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove the ``*.tmp-<PID>`` entries of ``directory`` (of ``name`` only, if given) whose
+    PID is not alive."""
+    directory, removed = Path(directory), []
+    if not directory.is_dir():
+        return removed
+    for sib in sorted(directory.iterdir()):
+        m = _TMP.match(sib.name)
+        if m and (name is None or m["name"] == name) and not _pid_alive(int(m["pid"])):
+            _remove(sib)
+            removed.append(sib)
+    return removed
+
+
+def write_csv_gz(path: str | os.PathLike, table) -> None:
+    """A pandas table as ``.csv.gz``, atomically and byte-reproducibly (gzip header: mtime 0, no
+    file name), so the same table always gives the same bytes."""
+    data = table.to_csv(index=False).encode()
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz:
+            gz.write(data)
 
 
 def compressor(clevel: int = 3) -> BloscCodec:
@@ -102,14 +165,57 @@ def create_array(
         compressors=compressor(),
         attributes=attrs or {},
         overwrite=True,
+        config=ARRAY_CONFIG,
     )
 
 
-def open_array(path: str | os.PathLike) -> zarr.Array:
+class CheckedArray:
+    """A read-only Zarr array whose reads name the store on a decoder error (attributes of the
+    underlying ``zarr.Array`` pass through: shape, dtype, chunks, attrs, ...)."""
+
+    def __init__(self, array: zarr.Array, path: Path):
+        self._array, self.path = array, path
+
+    def __getattr__(self, name: str):
+        return getattr(self._array, name)
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __getitem__(self, key):
+        with reading(self.path):
+            return self._array[key]
+
+
+def open_array(path: str | os.PathLike, *, check: bool = True) -> CheckedArray:
+    """Open a Zarr array for reading after :func:`verify` (``check``); reads name ``path`` on
+    a decoder error."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Zarr array not found: {path}")
-    return zarr.open_array(str(path), mode="r")
+    if check:
+        verify(path)
+    with reading(path):
+        return CheckedArray(zarr.open_array(str(path), mode="r"), path)
+
+
+def open_group(path: str | os.PathLike, *, check: bool = True) -> zarr.Group:
+    """Open a Zarr group for reading after :func:`verify` (``check``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Zarr group not found: {path}")
+    if check:
+        verify(path)
+    with reading(path):
+        return zarr.open_group(str(path), mode="r")
+
+
+def read_member(group: zarr.Group, name: str, path: str | os.PathLike) -> np.ndarray:
+    """All of array ``name`` of ``group`` (the store at ``path``); errors name the store."""
+    with reading(path):
+        if name not in group:
+            raise StoreError(f"{path}: has no array {name!r}")
+        return np.asarray(group[name][:])
 
 
 class RowWriter:
@@ -181,4 +287,5 @@ def array_manifest(path: str | os.PathLike) -> dict:
         "nchunks": int(arr.nchunks),
         "attrs": dict(arr.attrs),
         "sha256": h.hexdigest()[:16],
+        "integrity": content_id(path),
     }

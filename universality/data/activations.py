@@ -113,6 +113,8 @@ def collect(
         bar.close()
         for w in writers.values():
             w.close()
+        for layer in layers:  # readers open one layer store each: each gets its own record
+            store.seal(tmp / f"L{layer}.zarr")
     manifest = {"model": model_name, "site": site, "layers": {}}
     for layer in layers:
         manifest["layers"][str(layer)] = store.array_manifest(Path(out_dir) / f"L{layer}.zarr")

@@ -91,29 +91,53 @@ def _iter_hf(corpus: dict) -> Iterator[tuple[str, str]]:
         yield str(i), str(row[corpus["text_field"]])
 
 
+def _split_u(doc_id: str, seed: int) -> float:
+    h = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
 def split_of(doc_id: str, seed: int, eval_fraction: float) -> str:
     """``eval`` for a seeded-hash share ``eval_fraction`` of document ids, else ``train``."""
-    h = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
-    return "eval" if int.from_bytes(h[:8], "big") / 2**64 < eval_fraction else "train"
+    return "eval" if _split_u(doc_id, seed) < eval_fraction else "train"
+
+
+def _fill_empty_split(path: Path, counts: Counter, seed: int) -> str | None:
+    """A small corpus whose hash split left one side empty: move the document nearest to the
+    threshold (the smallest hash to ``eval``, the largest to ``train``) and rewrite ``path``.
+    Returns the moved document's id (None if nothing moved)."""
+    if sum(counts.values()) < 2 or (counts["eval"] and counts["train"]):
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+    empty = "eval" if not counts["eval"] else "train"
+    pick = (min if empty == "eval" else max)(rows, key=lambda r: _split_u(r["id"], seed))
+    pick["split"] = empty
+    counts[empty] += 1
+    counts["train" if empty == "eval" else "eval"] -= 1
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return pick["id"]
 
 
 def write_documents(corpus: dict, out_jsonl: str, out_manifest: str) -> dict:
     """Write ``documents.jsonl`` (id, split, text) and a manifest with a content hash."""
-    h = hashlib.sha256()
     counts = Counter()
     chars = 0
-    with store.atomic_output(out_jsonl) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for doc_id, text in iter_documents(corpus):
-            if corpus["max_documents"] and sum(counts.values()) >= corpus["max_documents"]:
-                break
-            if not text.strip():
-                continue
-            split = split_of(doc_id, corpus["seed"], corpus["eval_fraction"])
-            line = json.dumps({"id": doc_id, "split": split, "text": text}, ensure_ascii=False)
-            f.write(line + "\n")
-            h.update(line.encode())
-            counts[split] += 1
-            chars += len(text)
+    moved = None
+    with store.atomic_output(out_jsonl) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for doc_id, text in iter_documents(corpus):
+                if corpus["max_documents"] and sum(counts.values()) >= corpus["max_documents"]:
+                    break
+                if not text.strip():
+                    continue
+                split = split_of(doc_id, corpus["seed"], corpus["eval_fraction"])
+                f.write(json.dumps({"id": doc_id, "split": split, "text": text}, ensure_ascii=False) + "\n")
+                counts[split] += 1
+                chars += len(text)
+        moved = _fill_empty_split(tmp, counts, corpus["seed"])
+        h = hashlib.sha256()
+        with open(tmp, encoding="utf-8") as f:
+            for line in f:
+                h.update(line.rstrip("\n").encode())
     if not counts:
         store._remove(Path(out_jsonl))
         raise ValueError(f"corpus: source {corpus['source']!r} (path {corpus['path']!r}) gave no documents")
@@ -132,6 +156,8 @@ def write_documents(corpus: dict, out_jsonl: str, out_manifest: str) -> dict:
         "characters": chars,
         "sha256": h.hexdigest()[:16],
     }
+    if moved is not None:
+        manifest["split_fallback"] = f"the hash split left a split empty: document {moved!r} moved to it"
     store.write_json(out_manifest, manifest)
     return manifest
 
@@ -232,16 +258,20 @@ def tokenize_split(documents: str, tokenizer_path: str, split: str, max_len: int
         "documents": len(docs),
         "windows": len(offsets) - 1,
         "tokens": int(len(ids_arr)),
+        # tokens that activations can store (BOS positions are never scored)
+        "scored_tokens": int((ids_arr != bos).sum()),
         # BOS is inserted by us, not predicted text
         "unigram_entropy_nats": unigram_entropy(ids_arr, tok.get_vocab_size(), exclude=bos),
         "sha256": hashlib.sha256(ids_arr.tobytes()).hexdigest()[:16],
     }
     if mode != "split":
         attrs["documents_mode"] = mode
-    with store.atomic_output(out) as tmp:
+    with store.atomic_output(out, sealed=True) as tmp:
         group = zarr.open_group(str(tmp), mode="w", attributes=attrs)
-        group.create_array("ids", data=ids_arr, chunks=(1 << 20,), compressors=store.compressor())
-        group.create_array("offsets", data=np.asarray(offsets, dtype=np.int64), chunks=(1 << 16,))
+        group.create_array("ids", data=ids_arr, chunks=(1 << 20,), compressors=store.compressor(),
+                           config=store.ARRAY_CONFIG)
+        group.create_array("offsets", data=np.asarray(offsets, dtype=np.int64), chunks=(1 << 16,),
+                           config=store.ARRAY_CONFIG)
     return attrs
 
 
@@ -251,11 +281,18 @@ class TokenSet:
     def __init__(self, path: str):
         if not Path(path).exists():
             raise FileNotFoundError(f"token set not found: {path}")
-        group = zarr.open_group(str(path), mode="r")
+        group = store.open_group(path)  # verified against its integrity record
+        self.path = str(path)
         self.attrs = dict(group.attrs)
-        self.ids = np.asarray(group["ids"][:])
-        self.offsets = np.asarray(group["offsets"][:])
+        self.ids = store.read_member(group, "ids", path)
+        self.offsets = store.read_member(group, "offsets", path)
+        if "bos_id" not in self.attrs:
+            raise store.StoreError(f"{path}: token set has no 'bos_id' attribute")
         self.bos_id = int(self.attrs["bos_id"])
+        n = len(self.ids)
+        if (len(self.offsets) < 1 or self.offsets[0] != 0 or self.offsets[-1] != n
+                or (np.diff(self.offsets) < 0).any()):
+            raise store.StoreError(f"{path}: offsets do not index the {n} ids (corrupt token set)")
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -275,6 +312,20 @@ class TokenSet:
         return ids
 
 
+def check_budget(attrs: dict, budget: dict[str, int]) -> None:
+    """Raise ValueError if the token set (``attrs`` of :func:`tokenize_split`) has fewer scored
+    tokens than any ``{config key: tokens}`` of ``budget`` asks for; the message names the numbers
+    and the keys to change. Run by the tokens rule, before any model is trained."""
+    have = int(attrs["scored_tokens"])
+    short = {k: n for k, n in budget.items() if n > have}
+    if short:
+        asks = ", ".join(f"{k} = {n}" for k, n in short.items())
+        raise ValueError(
+            f"token set {attrs['split']!r} has only {have} scored tokens ({attrs['documents']} documents), "
+            f"but {asks}: lower {' / '.join(short)} to at most {have}, or use a larger corpus "
+            f"(corpus.path, corpus.max_documents; corpus.eval_fraction moves documents between the splits)")
+
+
 def unigram_entropy(ids: np.ndarray, vocab_size: int, exclude: int | None = None) -> float:
     """Entropy in nats of the token frequency distribution (the loss of a unigram model)."""
     counts = np.bincount(ids, minlength=vocab_size).astype(np.float64)
@@ -286,6 +337,6 @@ def unigram_entropy(ids: np.ndarray, vocab_size: int, exclude: int | None = None
 
 __all__ = [
     "BOS_TOKEN", "TokenSet", "bos_id", "hub_tokenizer", "iter_documents", "load_tokenizer",
-    "read_documents", "split_of", "stdlib_files", "tokenize_split", "train_tokenizer",
+    "check_budget", "read_documents", "split_of", "stdlib_files", "tokenize_split", "train_tokenizer",
     "unigram_entropy", "windows", "write_documents",
 ]

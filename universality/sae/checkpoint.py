@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from universality.sae.config import SAETrainConfig
 from universality.sae.model import SAE
 from universality.sae.optim import Adam
 
-__all__ = ["RunRecord", "PARAM_NAMES", "LOG_NAME", "save_checkpoint", "load_checkpoint", "log_rows_upto"]
+__all__ = ["RunRecord", "PARAM_NAMES", "LOG_NAME", "save_checkpoint", "load_checkpoint", "log_rows_upto",
+           "upstream_of"]
 
 PARAM_NAMES = ["W_enc", "b_enc", "W_dec", "b_dec"]
 LOG_NAME = "train_log.jsonl"
@@ -59,14 +61,18 @@ class RunRecord:
     l1_penalty: str = "decoder_norm"
     init_seed: int | None = None   # weight initialisation; None in the call = ``seed``
     data_seed: int | None = None   # data order (shuffle buffer); None in the call = ``seed``
+    #: what the run reads: the activation store's content identity (its integrity record), its
+    #: model and token sets; a checkpoint of other inputs is never resumed
+    upstream: dict | None = None
     format: int = _FORMAT
 
     @classmethod
     def resolve(cls, cfg: SAETrainConfig, seed: int, array, train_rows, eval_rows,
-                init_seed: int | None = None, data_seed: int | None = None) -> RunRecord:
-        """The record of training ``cfg`` with ``seed`` on ``array`` (``[n_rows, d_in]``).
-        ``init_seed`` / ``data_seed`` (default ``seed``) set the initialisation and the data order
-        separately (the SAE-invariance sweep)."""
+                init_seed: int | None = None, data_seed: int | None = None,
+                upstream: dict | None = None) -> RunRecord:
+        """The record of training ``cfg`` with ``seed`` on ``array`` (``[n_rows, d_in]``) read from
+        the inputs ``upstream`` (:func:`upstream_of`). ``init_seed`` / ``data_seed`` (default
+        ``seed``) set the initialisation and the data order separately (the SAE-invariance sweep)."""
         n_rows, d_in = (int(v) for v in array.shape)
         n_steps = max(1, int(cfg.train_tokens) // int(cfg.batch_size))
         return cls(
@@ -80,10 +86,18 @@ class RunRecord:
             normalize=str(cfg.normalize), grad_clip=None if cfg.grad_clip is None else float(cfg.grad_clip),
             l1_penalty=str(cfg.l1_penalty),
             init_seed=int(seed if init_seed is None else init_seed),
-            data_seed=int(seed if data_seed is None else data_seed))
+            data_seed=int(seed if data_seed is None else data_seed),
+            upstream=upstream)
 
     def as_dict(self) -> dict:
         return json.loads(json.dumps(dict(sorted(self.__dict__.items()))))
+
+
+def upstream_of(activations_path, array) -> dict:
+    """The upstream identity of a run on the store ``activations_path`` (opened as ``array``)."""
+    attrs = dict(array.attrs)
+    return {"activations": store.content_id(activations_path), "model": attrs.get("model"),
+            "token_sets": attrs.get("token_sets")}
 
 
 def _checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -105,6 +119,7 @@ def save_checkpoint(ckpt_dir: Path, sae: SAE, opt: Adam, step: int, shift: np.nd
         tmp.mkdir()
         save_file(tensors, str(tmp / _STATE_TENSORS))
         (tmp / _STATE_JSON).write_text(json.dumps({
+            "tensors_sha256": store.file_sha256(tmp / _STATE_TENSORS, 64),
             "step": step, "samples": step * run.batch_size, "adam_t": opt.t,
             "input_scale": scale, "input_shift": shift is not None,
             "config": run.as_dict(), "elapsed_s": elapsed}, indent=2, sort_keys=True))
@@ -112,15 +127,34 @@ def save_checkpoint(ckpt_dir: Path, sae: SAE, opt: Adam, step: int, shift: np.nd
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _say(msg: str) -> None:
+    print(f"checkpoint: {msg}", file=sys.stderr, flush=True)  # the rule's log
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
 def load_checkpoint(ckpt_dir: Path, run: RunRecord) -> tuple[dict, dict[str, torch.Tensor]] | None:
-    """Newest readable checkpoint made with the same config, else None."""
+    """Newest intact checkpoint made with the same run record (config and upstream identity), else
+    None; why a checkpoint is not resumed goes to stderr (the rule's log)."""
     for path in reversed(_checkpoints(ckpt_dir)):
         try:
             state = json.loads((path / _STATE_JSON).read_text())
+            want = state.get("tensors_sha256")
+            if want is not None and store.file_sha256(path / _STATE_TENSORS, 64) != want:
+                raise store.StoreError("state.safetensors does not match its recorded sha256")
             tensors = load_file(str(path / _STATE_TENSORS), device="cpu")  # moved by the caller
-        except Exception:  # torn (cannot happen with atomic writes, but never trust a file)
+        except Exception as e:  # torn or corrupted: never trust a file
+            _say(f"{path} is unreadable ({type(e).__name__}: {e}); trying an older one")
             continue
-        return (state, tensors) if state.get("config") == run.as_dict() else None
+        if state.get("config") == run.as_dict():
+            _say(f"resuming from {path} (step {state.get('step')})")
+            return state, tensors
+        diff = _differences(state.get("config") or {}, run.as_dict())
+        _say(f"{path} was made with other inputs or settings ({', '.join(diff)} differ): starting over")
+        return None
     return None
 
 

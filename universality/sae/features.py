@@ -43,25 +43,33 @@ def encode(sae_dir: str, acts_path: str, out: str, *, chunk_rows: int = 8192, at
     lo, hi = eval_range(acts)
     n, f = hi - lo, sae.W_enc.shape[1]
     counts = np.zeros(f, dtype=np.int64)
-    with store.atomic_output(out) as tmp:
+    with store.atomic_output(out, sealed=True) as tmp:
         group = zarr.open_group(str(tmp), mode="w", attributes={
             "encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n, f],
-            "sae": str(sae_dir), "activations": str(acts_path), **(attrs or {})})
+            "sae": str(sae_dir), "activations": str(acts_path),
+            # which eval tokens these rows are: pearson_pair refuses two sides of different ones
+            "token_sets": dict(acts.attrs).get("token_sets"), **(attrs or {})})
         indptr = np.zeros(n + 1, dtype=np.int64)
-        indices = group.create_array("indices", shape=(0,), dtype="int32", chunks=(NNZ_CHUNK,), compressors=store.compressor())
-        data = group.create_array("data", shape=(0,), dtype="float32", chunks=(NNZ_CHUNK,), compressors=store.compressor())
+        indices = group.create_array("indices", shape=(0,), dtype="int32", chunks=(NNZ_CHUNK,),
+                                     compressors=store.compressor(), config=store.ARRAY_CONFIG)
+        data = group.create_array("data", shape=(0,), dtype="float32", chunks=(NNZ_CHUNK,),
+                                  compressors=store.compressor(), config=store.ARRAY_CONFIG)
         nnz = 0
         for start in tqdm(range(lo, hi, chunk_rows), desc="features", unit="chunk", mininterval=5):
             x = torch.from_numpy(np.asarray(acts[start : min(start + chunk_rows, hi)], dtype=np.float32))
             csr = sp.csr_matrix(sae.encode(x.to(device)).cpu().numpy())
+            if not np.isfinite(csr.data).all():
+                # caught here, not one rule later in pearson_pair
+                raise ValueError(f"features of {sae_dir} on {acts_path}: non-finite activations in rows "
+                                 f"{start}..{start + csr.shape[0]} (NaN/inf in the SAE weights or the activations)")
             r0 = start - lo
             indptr[r0 + 1 : r0 + 1 + csr.shape[0]] = nnz + csr.indptr[1:]
             nnz += csr.nnz
             indices.append(csr.indices.astype(np.int32))
             data.append(csr.data.astype(np.float32))
             counts += np.bincount(csr.indices, minlength=f)
-        group.create_array("indptr", data=indptr, chunks=(1 << 16,))
-        group.create_array("counts", data=counts, chunks=(f,))
+        group.create_array("indptr", data=indptr, chunks=(1 << 16,), config=store.ARRAY_CONFIG)
+        group.create_array("counts", data=counts, chunks=(f,), config=store.ARRAY_CONFIG)
     return {"tokens": n, "features": f, "nnz": int(nnz), "mean_l0": nnz / max(n, 1),
             "never_fired": int((counts == 0).sum())}
 
@@ -72,17 +80,30 @@ class CSRStore:
     def __init__(self, path: str):
         if not Path(path).exists():
             raise FileNotFoundError(f"feature store not found: {path}")
-        self.group = zarr.open_group(str(path), mode="r")
-        self.shape = tuple(self.group.attrs["shape"])
-        self.indptr = np.asarray(self.group["indptr"][:])
+        self.path = str(path)
+        self.group = store.open_group(path)  # verified against its integrity record
+        self.attrs = dict(self.group.attrs)
+        if "shape" not in self.attrs:
+            raise store.StoreError(f"{path}: feature store has no 'shape' attribute")
+        self.shape = tuple(self.attrs["shape"])
+        self.indptr = store.read_member(self.group, "indptr", path)
+        with store.reading(path):
+            self._data, self._indices = self.group["data"], self.group["indices"]
+        nnz = self._data.shape[0]
+        if (len(self.indptr) != self.shape[0] + 1 or self.indptr[0] != 0 or self.indptr[-1] != nnz
+                or self._indices.shape[0] != nnz or (np.diff(self.indptr) < 0).any()):
+            raise store.StoreError(f"{path}: indptr / indices / data do not form a CSR matrix of shape "
+                                   f"{self.shape} (corrupt feature store)")
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         a, b = int(self.indptr[start]), int(self.indptr[stop])
-        return sp.csr_matrix(
-            (np.asarray(self.group["data"][a:b]), np.asarray(self.group["indices"][a:b]),
-             self.indptr[start : stop + 1] - a),
-            shape=(stop - start, self.shape[1]),
-        )
+        with store.reading(self.path):
+            data, indices = np.asarray(self._data[a:b]), np.asarray(self._indices[a:b])
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.shape[1]):
+            raise store.StoreError(f"{self.path}: feature indices out of [0, {self.shape[1]}) in rows "
+                                   f"{start}..{stop} (corrupt feature store)")
+        return sp.csr_matrix((data, indices, self.indptr[start : stop + 1] - a),
+                             shape=(stop - start, self.shape[1]))
 
     def __getitem__(self, s: slice) -> sp.csr_matrix:
         return self.rows(s.start or 0, min(s.stop, self.shape[0]))
@@ -99,6 +120,7 @@ class DenseEval:
         self.array = store.open_array(path)
         self.lo, self.hi = eval_range(self.array)
         self.shape = (self.hi - self.lo, self.array.shape[1])
+        self.attrs = dict(self.array.attrs)
 
     def __getitem__(self, s: slice) -> np.ndarray:
         stop = min(s.stop, self.shape[0])

@@ -50,6 +50,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from universality.core.store import StoreError, file_sha256, read_json, reading
+
 #: File names of the SAELens layout.
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 CFG_FILENAME = "cfg.json"
@@ -202,7 +204,8 @@ class SAE(nn.Module):
         tensors = {n: getattr(self, n).detach().to("cpu", torch.float32).contiguous()
                    for n in _TENSOR_NAMES}
         save_file(tensors, str(path / WEIGHTS_FILENAME), metadata={"format": "pt"})
-        cfg = self.sae_lens_cfg(extra_cfg)
+        # checked by load(): a changed byte in the weights is an error, not a different SAE
+        cfg = self.sae_lens_cfg({**(extra_cfg or {}), "weights_sha256": file_sha256(path / WEIGHTS_FILENAME, 64)})
         (path / CFG_FILENAME).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         return path
 
@@ -215,7 +218,13 @@ class SAE(nn.Module):
         for name in (CFG_FILENAME, WEIGHTS_FILENAME):
             if not (path / name).exists():
                 raise FileNotFoundError(f"SAE directory {path} has no {name}")
-        cfg = json.loads((path / CFG_FILENAME).read_text())
+        cfg = read_json(path / CFG_FILENAME)
+        if not isinstance(cfg, dict) or not {"d_in", "d_sae"} <= set(cfg):
+            raise StoreError(f"{path / CFG_FILENAME}: not an SAE config (needs d_in and d_sae)")
+        want = (cfg.get("metadata") or {}).get("weights_sha256")
+        if want is not None and file_sha256(path / WEIGHTS_FILENAME, 64) != want:
+            raise StoreError(f"{path / WEIGHTS_FILENAME}: sha256 differs from weights_sha256 in {CFG_FILENAME} "
+                             "(the weights were changed or corrupted): delete the SAE and rerun train_sae")
         if cfg.get("architecture", "standard") != "standard":
             raise ValueError(f"{path}: architecture {cfg.get('architecture')!r} is not 'standard'")
         if cfg.get("apply_b_dec_to_input", False):
@@ -223,7 +232,8 @@ class SAE(nn.Module):
         if cfg.get("normalize_activations", "none") not in ("none", None):
             raise ValueError(f"{path}: normalize_activations={cfg['normalize_activations']!r} "
                              "must be folded into the weights ('none')")
-        tensors = load_file(str(path / WEIGHTS_FILENAME), device="cpu")
+        with reading(path / WEIGHTS_FILENAME):
+            tensors = load_file(str(path / WEIGHTS_FILENAME), device="cpu")
         missing = [n for n in _TENSOR_NAMES if n not in tensors]
         if missing:
             raise KeyError(f"{path / WEIGHTS_FILENAME} lacks tensors {missing}")
@@ -235,6 +245,8 @@ class SAE(nn.Module):
                 t = tensors[n]
                 if tuple(t.shape) != expect[n]:
                     raise ValueError(f"{path}: {n} has shape {tuple(t.shape)}, expected {expect[n]}")
+                if not bool(torch.isfinite(t).all()):
+                    raise StoreError(f"{path / WEIGHTS_FILENAME}: {n} has NaN/inf values")
                 getattr(sae, n).copy_(t.to(torch.float32))
         sae.metadata = dict(cfg.get("metadata") or {})
         return sae.requires_grad_(False).eval()

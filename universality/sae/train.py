@@ -62,7 +62,7 @@ from universality.core import store
 from universality.core.device import as_device
 from universality.sae.buffer import ShuffleBuffer, estimate_normalization, split_rows
 from universality.sae.checkpoint import (LOG_NAME, PARAM_NAMES, RunRecord, load_checkpoint, log_rows_upto,
-                                         save_checkpoint)
+                                         save_checkpoint, upstream_of)
 from universality.sae.config import SAETrainConfig
 from universality.sae.evaluate import evaluate
 from universality.sae.model import SAE, loss_and_grads
@@ -122,6 +122,7 @@ class Trainer:
         """Sets ``start_step``, ``elapsed_before`` (seconds of earlier attempts) and the input
         normalisation: from the newest matching checkpoint, else fresh (other files removed)."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        store.clean_stale_in(self.ckpt_dir)  # checkpoints torn by a kill
         resumed = load_checkpoint(self.ckpt_dir, self.run)
         if resumed is None:
             for old in self.ckpt_dir.iterdir():  # checkpoints of another config, an old log
@@ -295,7 +296,8 @@ def train_sae(
         raise ValueError(f"{activations_path}: expected a [tokens, D] array, got shape {arr.shape}")
     train_range, eval_range, split_source = split_rows(
         int(arr.shape[0]), dict(arr.attrs), config.eval_fraction, eval_rows, train_rows)
-    run = RunRecord.resolve(config, seed, arr, train_range, eval_range, init_seed, data_seed)
+    run = RunRecord.resolve(config, seed, arr, train_range, eval_range, init_seed, data_seed,
+                            upstream_of(activations_path, arr))
     trainer = Trainer(arr, run, config, out_dir.with_name(out_dir.name + ".ckpt"), as_device(device), label)
     trainer.fit(progress, on_step)
     return trainer.publish(out_dir, split_source, metadata)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import glob
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from universality.circuits.config import CircuitsConfig
 from universality.compare.config import MeasuresConfig, PearsonConfig
 from universality.data.config import ActivationsConfig, CorpusConfig, TokenizerConfig
 from universality.report.config import ReportConfig
-from universality.sae.config import SWEEP_SEED_KEYS, SAESweepConfig, SAETrainConfig
+from universality.sae.config import SAESweepConfig, SAETrainConfig
 from universality.zoo.config import TrainingConfig
 from universality.models import registry
 
@@ -71,18 +72,26 @@ def validate(config: dict, schema: dict | None = None) -> dict:
     """Return a validated copy of ``config`` with defaults filled in; raise ConfigError."""
     schema = schema or load_schema()
     config = _fill_defaults(copy.deepcopy(dict(config)), schema)
+    _check_finite(config)  # first: NaN passes every `minimum`, and -inf fails one with a vaguer message
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [f"  {_key_path(e)}: {e.message}" for e in errors]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
     _check_models(config)
+    _check_names(config)
+    _check_results(config)
+    _check_sae_override_values(config, schema)
+    _check_sae_batches(config)
+    _check_shifts(config)
     _check_corpus(config)
     _check_saes(config)
     _check_comparisons(config)
     _check_report(config)
     _check_circuits(config)
-    _check_sae_sweep(config)
+    from universality.workflow.sweep import check_sae_sweep  # it builds on this module's plans
+
+    check_sae_sweep(config)
     return config
 
 
@@ -338,63 +347,117 @@ def _check_circuits(config: dict) -> None:
                           f"exceed tokenizer.max_len = {max_len}")
 
 
-# --- the SAE-invariance sweep (issue 19): variants of one base SAE ---
-#: The name of the sweep's permutation null (so no variant may take it).
-SWEEP_NULL = "null"
+# --- reliability (issue 20): values that would run but give wrong numbers, or fail late ---
+#: Top-level folders of the source tree that `results` must never be (or be inside of).
+SOURCE_DIRS = ("universality", "rules", "scripts", "schemas", "tests", "presets", "envs", "profiles",
+               "report", "docs", "benchmarks", ".git")
+REPO_ROOT = SCHEMA_PATH.parents[1]
 
 
-def _check_sae_sweep(config: dict) -> None:
-    w = config["sae_sweep"]
-    if w["model"] is None:
-        if w["variants"]:
-            raise ConfigError("sae_sweep.model: required when sae_sweep.variants is given")
-        return
-    if w["model"] not in config["models"]:
-        raise ConfigError(f"sae_sweep.model: no model {w['model']!r} in `models`")
-    if "resid" not in config["saes"]["sites"]:
-        raise ConfigError("sae_sweep: needs 'resid' in saes.sites")
-    if w["layer"] not in model_layers(config, w["model"]):
-        raise ConfigError(f"sae_sweep.layer: layer {w['layer']} of {w['model']!r} is not collected")
-    if w["base_seed"] not in sae_seeds(config, w["model"]):
-        raise ConfigError(f"sae_sweep.base_seed: model {w['model']!r} has no SAE seed {w['base_seed']}")
-    if not w["variants"]:
-        raise ConfigError("sae_sweep.variants: name at least one variant")
-    allowed = set(SAE_OVERRIDABLE) | set(SWEEP_SEED_KEYS)
-    for name, changes in w["variants"].items():
-        if name == SWEEP_NULL:
-            raise ConfigError(f"sae_sweep.variants.{name}: the name is reserved for the permutation null")
-        unknown = sorted(set(changes) - allowed)
-        if unknown:
-            raise ConfigError(f"sae_sweep.variants.{name}: unknown keys {unknown} (allowed: {sorted(allowed)})")
-        try:
-            sweep_config(config, name)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"sae_sweep.variants.{name}: {e}") from None
+def _walk(node: Any, key: str = "") -> Any:
+    """``(dotted key, value)`` of every leaf of a config."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{key}[{i}]")
+    else:
+        yield key, node
 
 
-def sweep_run(config: dict, variant: str) -> dict:
-    """One sweep variant's run: ``{"options": recipe dict, "seed", "init_seed", "data_seed"}``, the
-    base SAE's :func:`sae_options` with the variant's changes (the seeds default to ``base_seed``)."""
-    w = config["sae_sweep"]
-    changes = dict(w["variants"][variant])
-    seeds = {k: int(changes.pop(k, w["base_seed"])) for k in SWEEP_SEED_KEYS}
-    options = {**sae_options(config, w["model"], w["layer"]), **changes}
-    return {"options": options, "seed": int(w["base_seed"]), **seeds}
+def _check_finite(config: dict) -> None:
+    """NaN and inf (YAML ``.nan`` / ``.inf``) pass every ``minimum`` of a schema: refuse them."""
+    for key, value in _walk(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: {value} is not a finite number")
 
 
-def sweep_config(config: dict, variant: str) -> SAETrainConfig:
-    """The trainer's config of one sweep variant (raises ``ValueError`` on a bad value)."""
-    return SAETrainConfig.from_options(sweep_run(config, variant)["options"])
+def _check_names(config: dict) -> None:
+    """Model / comparison names are path parts: unique ignoring case (case-insensitive disks);
+    a model's layers unique."""
+    for section in ("models", "comparisons"):
+        seen: dict[str, str] = {}
+        for name in config[section]:
+            if name.lower() in seen:
+                raise ConfigError(f"{section}.{name}: differs from {section}.{seen[name.lower()]} only in case "
+                                  "(their outputs would share paths on a case-insensitive file system)")
+            seen[name.lower()] = name
+    for name, m in config["models"].items():
+        layers = m.get("layers") or []
+        dup = sorted({l for l in layers if layers.count(l) > 1})
+        if dup:
+            raise ConfigError(f"models.{name}.layers: layer(s) {dup} listed twice")
 
 
-def sweep_entries(config: dict) -> dict[str, dict]:
-    """``{entry: {"variant", "shift"}}``: every variant against the base SAE (shift 0), plus the
-    null (:data:`SWEEP_NULL`: the first variant by name, shifted; by name, not by position, since
-    YAML writers may reorder keys) when ``null_shift > 0``; empty if no sweep."""
-    w = config["sae_sweep"]
-    if w["model"] is None:
-        return {}
-    entries = {v: {"variant": v, "shift": 0} for v in w["variants"]}
-    if w["null_shift"] > 0:
-        entries[SWEEP_NULL] = {"variant": sorted(w["variants"])[0], "shift": int(w["null_shift"])}
-    return entries
+def _check_results(config: dict) -> None:
+    """`results` is a directory of its own: not empty, not the repository or one of its source folders."""
+    results = config["results"]
+    if not str(results).strip():
+        raise ConfigError("results: empty; give an output directory (default 'results')")
+    where = Path(results).expanduser().resolve()
+    if where == REPO_ROOT:
+        raise ConfigError(f"results: {results!r} is the repository itself ({REPO_ROOT}); use e.g. 'results'")
+    for d in SOURCE_DIRS:
+        src = REPO_ROOT / d
+        if where == src or src in where.parents:
+            raise ConfigError(f"results: {results!r} resolves to {where}, inside the source folder {src}")
+
+
+def _check_sae_override_values(config: dict, schema: dict) -> None:
+    """``saes.overrides.<model>.<layer>.<key>`` values obey the schema of ``saes.<key>``."""
+    props = schema["properties"]["saes"]["properties"]
+    for model, layers in config["saes"]["overrides"].items():
+        for layer, changes in layers.items():
+            for k, v in changes.items():
+                if k not in props:
+                    continue  # unknown keys: _check_saes names them
+                errors = list(jsonschema.Draft202012Validator(props[k]).iter_errors(v))
+                if errors:
+                    raise ConfigError(f"saes.overrides.{model}.{layer}.{k}: {errors[0].message}")
+
+
+def sae_train_rows(config: dict, site: str) -> int:
+    """Rows an SAE of ``site`` trains on: the resid store's sae segment, or (neuron: eval rows only)
+    the store less its held-out tail (universality.sae.buffer.split_rows)."""
+    a = config["activations"]
+    if site == "resid":
+        return int(a["sae_tokens"])
+    n = int(a["eval_tokens"])
+    return n - int(math.ceil(SAETrainConfig().eval_fraction * n))
+
+
+def _check_sae_batches(config: dict) -> None:
+    for model in config["models"]:
+        for layer in model_layers(config, model):
+            opts = sae_options(config, model, layer)
+            over = str(layer) in config["saes"]["overrides"].get(model, {})
+            key = f"saes.overrides.{model}.{layer}.batch_size" if over else "saes.batch_size"
+            for site in config["saes"]["sites"]:
+                rows = sae_train_rows(config, site)
+                if opts["batch_size"] > rows:
+                    raise ConfigError(f"{key}: {opts['batch_size']} is more than the {rows} stored {site} rows an "
+                                      f"SAE of {model} L{layer} trains on (raise activations.sae_tokens or lower it)")
+
+
+def _check_shifts(config: dict) -> None:
+    """A permutation null must move every token out of its own window: shift mod N (N = eval rows)
+    at least tokenizer.max_len away from 0."""
+    n, max_len = int(config["activations"]["eval_tokens"]), int(config["tokenizer"]["max_len"])
+    for name, c in config["comparisons"].items():
+        if not c["shift"]:
+            continue
+        r = c["shift"] % n
+        if min(r, n - r) < max_len:
+            raise ConfigError(f"comparisons.{name}.shift: {c['shift']} is {min(r, n - r)} tokens from 0 mod the "
+                              f"{n} eval tokens (activations.eval_tokens); a null needs a distance of at least "
+                              f"tokenizer.max_len = {max_len} (e.g. shift {n // 2 - 1})")
+
+
+def token_budget(config: dict, split: str) -> dict[str, int]:
+    """``{config key: scored tokens needed}`` of token set ``split`` (checked by the tokens rule,
+    before any model is trained)."""
+    a = config["activations"]
+    if split == "train":
+        return {"activations.sae_tokens": int(a["sae_tokens"])} if "resid" in a["sites"] else {}
+    return {"activations.eval_tokens": int(a["eval_tokens"])}

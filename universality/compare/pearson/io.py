@@ -56,6 +56,10 @@ def save_result(path, result: dict, **extra) -> None:
 
 
 def load_result(path) -> dict:
-    """Read a file written by :func:`save_result` (0-d arrays back to Python scalars)."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: (z[k].item() if z[k].ndim == 0 else z[k]) for k in z.files}
+    """Read a file written by :func:`save_result` (0-d arrays back to Python scalars); a corrupt
+    or foreign file raises StoreError naming ``path``."""
+    from universality.core.store import reading
+
+    with reading(path):
+        with np.load(path, allow_pickle=False) as z:
+            return {k: (z[k].item() if z[k].ndim == 0 else z[k]) for k in z.files}
