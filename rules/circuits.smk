@@ -33,7 +33,7 @@ rule circuits_heads:
     output:
         scores=paths.circuit_table("{model}", "head_scores"),
         patching=paths.circuit_table("{model}", "head_patching"),
-        paths=paths.circuit_table("{model}", "head_paths"),
+        head_paths=paths.circuit_table("{model}", "head_paths"),
         summary=paths.circuit_summary("{model}"),
     wildcard_constraints:
         model=one_of(CIRCUIT_MODELS["heads"]),

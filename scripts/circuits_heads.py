@@ -19,11 +19,11 @@ from universality.core.cli import entry
 @click.option("--options", required=True, help="the config's circuits section as JSON")
 @click.option("--scores", required=True, type=click.Path(dir_okay=False), help="CSV: attention scores per head")
 @click.option("--patching", required=True, type=click.Path(dir_okay=False), help="CSV: head patching")
-@click.option("--paths", "path_table", required=True, type=click.Path(dir_okay=False),
+@click.option("--head-paths", required=True, type=click.Path(dir_okay=False),
               help="CSV: sender head -> receiver q/k/v path patching")
 @click.option("--summary", required=True, type=click.Path(dir_okay=False))
 @click.option("--threads", default=1, type=int)
-def main(model, model_dir, tokenizer, options, scores, patching, path_table, summary, threads):
+def main(model, model_dir, tokenizer, options, scores, patching, head_paths, summary, threads):
     torch.set_num_threads(threads)
     opts = json.loads(options)
     lm, vocab, bos, prompts = induction.setup(model_dir, tokenizer, opts)
@@ -38,7 +38,7 @@ def main(model, model_dir, tokenizer, options, scores, patching, path_table, sum
     frames = effects.tables()
     if "head_paths" not in frames:     # no receiver (path_receivers 0, or a one-layer model)
         frames["head_paths"] = heads.empty_paths()
-    for table, path in ((score_table, scores), (frames["head_patching"], patching), (frames["head_paths"], path_table)):
+    for table, path in ((score_table, scores), (frames["head_patching"], patching), (frames["head_paths"], head_paths)):
         with store.atomic_output(path) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
     info = {"model": model, "arch": lm.config.model_type, **heads.summarise_neox(score_table, effects),

@@ -25,4 +25,4 @@ class CircuitsConfig:
     bootstrap: int = 1000                             # resamples of the prompts per interval (0: none)
     ci_level: float = 0.95                            # percentile interval of the resampled means
     broader_variants: bool = True                     # also state_all_positions, *_all_paths tables
-    path_receivers: int = 3                           # induction heads that receive head path patching
+    path_receivers: int = 1                           # induction heads that receive head path patching

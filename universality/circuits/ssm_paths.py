@@ -111,11 +111,12 @@ class _Batch:
         self.logit = answer_logit(logits, self.answer)
         self.states = {l: ssm_states(model, self.cache, l) for l in range(self.n)}
 
-    def corrupt(self, corr: str, extra=()):
-        """(logit of B [b], cache, states {l: [b, pos, d, n]}) of the corrupted run."""
+    def corrupt(self, corr: str, extra=(), states: bool = True):
+        """(logit of B [b], cache, states {l: [b, pos, d, n]} or None) of the corrupted run."""
         logits, cache = final_logits(self.model, self.p.corrupt[corr][self.sl].to(self.device),
-                                     self.scan_names + list(extra))
-        return answer_logit(logits, self.answer), cache, {l: ssm_states(self.model, cache, l) for l in range(self.n)}
+                                     (self.scan_names if states else []) + list(extra))
+        h = {l: ssm_states(self.model, cache, l) for l in range(self.n)} if states else None
+        return answer_logit(logits, self.answer), cache, h
 
     def frozen_run(self, layer: int, patches=(), states=None) -> torch.Tensor:
         """B's logit of a full third pass from block ``layer`` with later states frozen clean."""
@@ -156,7 +157,7 @@ def _state_and_c(b: _Batch, corr: str, effects: Effects, broader: bool, progress
 def _conv(b: _Batch, corr: str, key: int, effects: Effects, broader: bool, progress) -> None:
     """Table ``conv_in`` (and ``conv_in_all_paths``) at the key layer for one batch and corruption."""
     site = f"blocks.{key}.mixer.hook_conv_in"
-    x_logit, cache, _ = b.corrupt(corr, [site])
+    x_logit, cache, _ = b.corrupt(corr, [site], states=False)
     a1, k = b.p.a1, conv_window(b.model)
     r = a1 + POSITIONS[CONV_RECEIVER]
     window = slice(r - k + 1, r + 1)            # what the conv at r reads
