@@ -1,5 +1,5 @@
-# Induction circuits (issue 6; paper Sec. 6, App. G): Mamba path patching, GPT-NeoX heads
-# (universality/circuits).
+# Induction circuits (issues 6, 16; paper Sec. 6, App. G-H): Mamba path patching with the paper's
+# definitions (+ broader variants), IOI, GPT-NeoX heads and head -> head paths (universality/circuits).
 include: "helpers/circuits.smk"
 
 
@@ -8,15 +8,13 @@ rule circuits_ssm:
         model_dir=paths.model("{model}"),
         tokenizer=paths.tokenizer(),
     output:
-        state=paths.circuit_table("{model}", "state"),
-        ssm_in=paths.circuit_table("{model}", "ssm_in"),
-        conv_in=paths.circuit_table("{model}", "conv_in"),
-        ioi_table=paths.circuit_table("{model}", "ioi"),
+        tables=circuit_ssm_tables(),
         summary=paths.circuit_summary("{model}"),
     wildcard_constraints:
         model=one_of(CIRCUIT_MODELS["ssm"]),
     params:
         options=circuit_options(),
+        reference=circuit_reference,
     log:
         paths.log("circuits", "{model}"),
     threads: 1  # measured: 2 threads on 2 shared cores ran 4x slower than 1 (small ops)
@@ -35,6 +33,7 @@ rule circuits_heads:
     output:
         scores=paths.circuit_table("{model}", "head_scores"),
         patching=paths.circuit_table("{model}", "head_patching"),
+        head_paths=paths.circuit_table("{model}", "head_paths"),
         summary=paths.circuit_summary("{model}"),
     wildcard_constraints:
         model=one_of(CIRCUIT_MODELS["heads"]),

@@ -6,6 +6,7 @@ import pandas as pd
 
 from universality.circuits import figures as figs
 from universality.circuits import induction as circuits
+from universality.circuits import ssm_paths
 from universality.core import store
 from universality.core.cli import entry
 from universality.core.paths import ResultPaths
@@ -36,24 +37,30 @@ def main(summaries, summary, figures):
         return path
 
     for s in by_kind["ssm"]:
-        t = {n: pd.read_csv(paths.circuit_table(s["model"], n)) for n in ("state", "ssm_in", "conv_in", "ioi")}
-        tables += [paths.circuit_table(s["model"], n) for n in t]
+        names = ssm_paths.table_names(s["options"]["broader_variants"])
+        t = {n: pd.read_csv(paths.circuit_table(s["model"], n)) for n in names}
+        tables += [paths.circuit_table(s["model"], n) for n in names]
         with store.atomic_output(out(paths.circuit_figure(s["model"], "state_patching"))) as tmp:
             figs.mamba_state(t["state"], s["model"], tmp)
-        captions[written[-1]] = f"{s['model']}: SSM-state path patching per layer and distance"
+        captions[written[-1]] = (f"{s['model']}: SSM state at the final [A] patched per layer and distance "
+                                 "(paper Table 1's definition)")
         with store.atomic_output(out(paths.circuit_figure(s["model"], "off_by_one"))) as tmp:
             figs.mamba_offbyone(t["ssm_in"], t["conv_in"], s["key_layer"], s["model"], tmp)
         captions[written[-1]] = f"{s['model']}: SSM input c per layer and position; conv input x at the key layer"
         with store.atomic_output(out(paths.circuit_figure(s["model"], "ioi"))) as tmp:
-            figs.mamba_ioi(t["ioi"], s["model"], tmp)
-        captions[written[-1]] = f"{s['model']}: IOI-style prompts, SSM input c per layer and position"
+            figs.mamba_ioi(t["ioi"], s["model"], tmp, s["ioi"]["example"])
+        captions[written[-1]] = (f"{s['model']}: IOI ({'templated sentences' if s['ioi']['templated'] else 'random-token frame: ' + s['ioi']['fallback_reason']}), "
+                                 "logit changes of IO (left) and S (right) per layer and position (paper Fig. 13)")
     for s in by_kind["heads"]:
-        names = ("head_scores", "head_patching")
-        scores, patching = (pd.read_csv(paths.circuit_table(s["model"], n)) for n in names)
+        names = ("head_scores", "head_patching", "head_paths")
+        scores, patching, head_paths = (pd.read_csv(paths.circuit_table(s["model"], n)) for n in names)
         tables += [paths.circuit_table(s["model"], n) for n in names]
         with store.atomic_output(out(paths.circuit_figure(s["model"], "heads"))) as tmp:
             figs.neox_heads(scores, patching, s["model"], tmp)
         captions[written[-1]] = f"{s['model']}: previous-token / induction scores and head patching"
+        with store.atomic_output(out(paths.circuit_figure(s["model"], "head_paths"))) as tmp:
+            figs.head_paths(head_paths, s["model"], tmp)
+        captions[written[-1]] = f"{s['model']}: path patching from sender heads into the induction heads' q / k / v"
     first = {kind: (ss[0] if ss else None) for kind, ss in by_kind.items()}
     with store.atomic_output(out(paths.induction_figure())) as tmp:
         figs.induction_circuits(first["ssm"], first["heads"], tmp)

@@ -1,7 +1,15 @@
 # Helpers of rules/circuits.smk (circuits_ssm, circuits_heads, circuits_summary).
+from universality.circuits.ssm_paths import table_names
 from universality.workflow.config import circuit_models
 
 CIRCUIT_MODELS = circuit_models(config)  # {"ssm": [...], "heads": [...]}: models by circuits capability (registry)
+
+
+def circuit_reference(wildcards):
+    """"mamba-130m" when the model is the paper's Mamba-130m checkpoint (its App. G tables are
+    printed beside ours), else ""."""
+    spec = config["models"][wildcards.model]
+    return "mamba-130m" if spec.get("hub_id") == "state-spaces/mamba-130m-hf" else ""
 
 
 def circuit_options():
@@ -9,6 +17,12 @@ def circuit_options():
     plus the torch backend."""
     options = {k: v for k, v in config["circuits"].items() if k != "models"}
     return as_param({**options, "backend": config["backend"]})
+
+
+def circuit_ssm_tables():
+    """The CSVs of circuits_ssm, in ``ssm_paths.table_names`` order (the script writes them so)."""
+    names = table_names(config["circuits"]["broader_variants"])
+    return [paths.circuit_table("{model}", n) for n in names]
 
 
 def circuit_mem_mb(wildcards):
@@ -29,7 +43,7 @@ def circuit_figures():
     """PNGs of circuits_summary (scripts/circuits_summary.py checks it writes exactly these)."""
     figures = [paths.circuit_figure(m, stem) for m in CIRCUIT_MODELS["ssm"]
                for stem in ("state_patching", "off_by_one", "ioi")]
-    figures += [paths.circuit_figure(m, "heads") for m in CIRCUIT_MODELS["heads"]]
+    figures += [paths.circuit_figure(m, stem) for m in CIRCUIT_MODELS["heads"] for stem in ("heads", "head_paths")]
     return figures + [paths.induction_figure()]
 
 

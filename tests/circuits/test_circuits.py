@@ -10,7 +10,9 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, MambaConfig, MambaForCausalLM
 
+from universality.circuits import heads, ssm_paths
 from universality.circuits import induction as circuits
+from universality.circuits.effects import Effects
 from universality.circuits.induction import PREFIX, Prompts, induction_prompts
 from universality.core.hooks import run_with_cache
 from universality.models import registry
@@ -83,14 +85,14 @@ def test_bad_prompt_requests_are_refused():
 
 
 # ------------------------------------------------------------------------------------- identities
-def test_patching_clean_into_clean_changes_nothing(mamba, neox):
+def test_patching_clean_into_clean_changes_nothing(neox):
+    """(Mamba tables: tests/circuits/test_paper_definitions.py.) Head patching and head paths."""
     ps = [clean_as_corrupt(p) for p in prompts()]
-    tables = circuits.mamba_experiments(mamba, ps, batch_size=4, key=1)
-    for name, t in tables.items():
-        assert len(t) and (t.logit_diff.abs() < 1e-5).all(), name
-        assert (t.corrupt_logit_diff == 0).all()
-    heads = circuits.head_patching(neox, ps, batch_size=4)
-    assert len(heads) == 2 * 2 * 4 * 2 and (heads.logit_diff.abs() < 1e-5).all()
+    e = heads.head_patching(neox, ps, batch_size=4)
+    paths = heads.head_path_patching(neox, ps, [(1, 0), (1, 3)], batch_size=4, effects=e).table("head_paths")
+    t = e.table("head_patching")
+    assert len(t) == 2 * 2 * 4 * 2 and (t.logit_diff.abs() < 1e-5).all()
+    assert len(paths) == 2 * 4 * 2 * 3 * 2 and (paths.logit_diff.abs() < 1e-5).all()
 
 
 @pytest.mark.parametrize("which", ["mamba", "neox"])
@@ -165,17 +167,21 @@ def test_senders_and_frozen_sites_must_differ(mamba):
 # ------------------------------------------------------------------------------------- tables
 def test_mamba_tables_columns_and_causality(mamba):
     ps = prompts(n=6)
-    t = circuits.mamba_experiments(mamba, ps, batch_size=4)
+    e = ssm_paths.mamba_experiments(mamba, ps, batch_size=4, effects=Effects(100))
+    t = e.tables()
     L = mamba.n_layers
-    assert len(t["state"]) == 2 * L and len(t["ssm_in"]) == 2 * L * 5 and len(t["conv_in"]) == 2 * 2 * 3
-    assert set(t["conv_in"].layer) == {circuits.key_layer(t["state"])}
-    assert (t["state"].prompts == 6).all()
+    assert len(t["state"]) == 2 * L * 2 and len(t["ssm_in"]) == 2 * L * 5 * 2 and len(t["conv_in"]) == 2 * 2 * 3
+    assert len(t["state_all_positions"]) == 2 * L and len(t["ssm_in_all_paths"]) == 2 * L * 5
+    key = int(e.wins("state", "layer", {"corruption": "B'"})["winner"])
+    assert set(t["conv_in"].layer) == {key} and (t["state"].prompts == 6).all()
+    for name, df in t.items():
+        assert ((df.ci_low <= df.logit_diff + 1e-12) & (df.logit_diff <= df.ci_high + 1e-12)).all(), name
     # B' changes the prompt at B1 only: c and x at A1 are the clean values, the patch is a no-op.
     c, x = t["ssm_in"], t["conv_in"]
-    assert (c[c.position == "A1"].logit_diff.abs() < 1e-6).all()
+    assert (c[(c.position == "A1") & (c.corruption == "B'")].logit_diff.abs() < 1e-6).all()
     assert (x[(x.position == "A1") & (x.corruption == "B'")].logit_diff.abs() < 1e-6).all()
-    # the table's numbers are means over prompts of patched - clean logits of B (float64 reference)
-    row = t["state"].iloc[0]
+    # the broader state variant is the old definition: every position of the layer, later states frozen
+    row = t["state_all_positions"].iloc[0]
     p = ps[0]
     names = [f"blocks.{l}.mixer.hook_state" for l in range(L)]
     lc, clean = final_logits(mamba, p.clean, names)
@@ -189,24 +195,21 @@ def test_mamba_tables_columns_and_causality(mamba):
     assert row.distance == p.distance
     assert row.logit_diff == pytest.approx(ref, abs=1e-5) and row.corrupt_logit_diff == pytest.approx(full, abs=1e-5)
     assert row.fraction == pytest.approx(ref / full, rel=1e-4)
-    s = circuits.summarise_mamba(t)
-    assert s["key_layer"] == circuits.key_layer(t["state"]) and s["ssm_in_peak_position"] in circuits.POSITIONS
+    # in the last layer nothing follows the state: the last-position patch is the all-positions one
+    last = t["state"][(t["state"].layer == L - 1) & (t["state"].corruption == "B'")].logit_diff.to_numpy()
+    broad = t["state_all_positions"][t["state_all_positions"].layer == L - 1].logit_diff.to_numpy()
+    np.testing.assert_allclose(last, broad, atol=1e-5)
+    s = ssm_paths.summarise_mamba(e)
+    assert s["key_layer"] == key and s["ssm_in_peak_position"] in circuits.POSITIONS
+    assert 0 < s["key_layer_share"] <= 1 and sum(s["state"]["share"].values()) == pytest.approx(1)
     assert "key layer is" in circuits.describe_mamba({**s, "model": "m"})
-
-
-def test_key_layer_is_the_most_negative_mean():
-    state = pd.DataFrame({"distance": [8, 16] * 3, "layer": [0, 0, 1, 1, 2, 2],
-                          "logit_diff": [-0.1, -0.1, -1.0, 0.5, -0.6, -0.6]})
-    assert circuits.key_layer(state) == 2     # means: -0.1, -0.25, -0.6
-    state.loc[state.layer == 1, "logit_diff"] = [-2.0, -0.1]
-    assert circuits.key_layer(state) == 1     # means: -0.1, -1.05, -0.6
 
 
 def test_head_scores_against_a_float64_loop(neox):
     L = 10
-    rows = circuits.repeated_tokens(3, L, VOCAB, BOS, seed=1)
+    rows = heads.repeated_tokens(3, L, VOCAB, BOS, seed=1)
     assert rows.shape == (3, 2 * L + 1) and torch.equal(rows[:, 1 : L + 1], rows[:, L + 1 :])
-    scores = circuits.head_scores(neox, rows, L)
+    scores = heads.head_scores(neox, rows, L)
     _, cache = run_with_cache(neox, rows, [f"blocks.{l}.attn.hook_pattern" for l in range(2)])
     for r in scores.itertuples():
         pat = cache[f"blocks.{r.layer}.attn.hook_pattern"][:, r.head].double().numpy()
@@ -215,15 +218,52 @@ def test_head_scores_against_a_float64_loop(neox):
         assert r.prev_token == pytest.approx(prev, abs=1e-6) and r.induction == pytest.approx(ind, abs=1e-6)
 
 
+def test_head_path_patching_equals_a_full_forward_with_the_write_added(neox):
+    """Sender L0H{s} -> receiver L1H{g}'s key: the receiver layer's input gets the sender's write
+    difference (hook_result) and nothing else; its key replaces the clean key of head g only."""
+    from universality.core.hooks import hooks
+
+    p = prompts(n=4, distances=(8,))[0]
+    e = heads.head_path_patching(neox, [p], [(1, 2)], batch_size=4)
+    _, clean = final_logits(neox, p.clean, ["blocks.0.attn.hook_result", "blocks.1.attn.hook_k"])
+    _, bad = final_logits(neox, p.corrupt["A'"], ["blocks.0.attn.hook_result"])
+    for s in range(4):
+        write = bad["blocks.0.attn.hook_result"][:, :, s] - clean["blocks.0.attn.hook_result"][:, :, s]
+        _, seen = run_with_cache(neox, p.clean, ["blocks.1.attn.hook_k"],
+                                 fwd_hooks={"blocks.1.hook_resid_pre": lambda t, _n: t + write})
+        k = clean["blocks.1.attn.hook_k"].clone()
+        k[:, :, 2] = seen["blocks.1.attn.hook_k"][:, :, 2]
+        with torch.no_grad(), hooks(neox, {"blocks.1.attn.hook_k": lambda t, _n: k}):
+            want = neox(p.clean)[:, -1]
+        want = want.gather(1, p.answer[:, None])[:, 0].double().numpy()
+        key = {"distance": 8, "sender_layer": 0, "sender_head": s, "receiver_layer": 1, "receiver_head": 2,
+               "input": "k", "corruption": "A'"}
+        np.testing.assert_allclose(e.values("head_paths", key)[2], want, atol=1e-5)
+    assert heads.receivers_of(heads.head_scores(neox, heads.repeated_tokens(2, 6, VOCAB, BOS, 0), 6), 2)[0][0] == 1
+
+
 def test_summarise_neox_takes_the_previous_token_head_before_the_induction_head():
     scores = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
                            "prev_token": [0.2, 0.9, 0.95, 0.1], "induction": [0.0, 0.1, 0.2, 0.8]})
-    patching = pd.DataFrame([{"distance": 8, "layer": l, "head": h, "corruption": c, "logit_diff": -float(l + h),
-                              "corrupt_logit_diff": -5.0} for l in (0, 1) for h in (0, 1) for c in ("B'", "A'")])
-    s = circuits.summarise_neox(scores, patching)
+    e = Effects(50)
+    zero = torch.zeros(3, dtype=torch.float64)
+    for l in (0, 1):
+        for h in (0, 1):
+            for c in ("B'", "A'"):
+                e.add("head_patching", {"distance": 8, "layer": l, "head": h, "corruption": c}, zero, zero - 5,
+                      zero - float(l + h))
+    for s in (0, 1):
+        for inp in heads.INPUTS:
+            for c in ("B'", "A'"):
+                e.add("head_paths", {"distance": 8, "sender_layer": 0, "sender_head": s, "receiver_layer": 1,
+                                     "receiver_head": 1, "input": inp, "corruption": c}, zero, zero - 5,
+                      zero - (2.0 if (s, inp) == (1, "k") else 0.1))
+    s = heads.summarise_neox(scores, e)
     assert s["induction_head"]["name"] == "L1H1" and s["previous_token_head"]["name"] == "L0H1"
     assert s["previous_token_head"]["logit_diff"]["A'"] == -1.0 and s["corrupt_logit_diff"]["B'"] == -5.0
-    assert "previous-token head L0H1" in circuits.describe_neox({**s, "model": "n"})
+    assert s["strongest_path"]["sender"] == "L0H1" and s["strongest_path"]["share"] == 1.0
+    text = circuits.describe_neox({**s, "model": "n"})
+    assert "previous-token head L0H1" in text and "measured previous-token -> induction path" in text
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -270,6 +310,10 @@ def test_paper_preset_plans_the_circuit_rules(repo, tmp_path):
         jobs = re.findall(rf"rule {rule}:\n(?:.*\n)*?\s+wildcards: model=(\S+)", out)
         assert sorted(set(jobs)) == sorted(planned[arch]), (rule, jobs)
     assert str(root / "circuits" / "mamba-130m" / "off_by_one.png") in out
+    for table in ssm_paths.table_names(True):     # the paper's tables and the broader variants
+        assert str(root / "circuits" / "mamba-130m" / f"{table}.csv") in out
+    assert str(root / "circuits" / "pythia-160m" / "head_paths.csv") in out
+    assert "reference=mamba-130m" in out or "mamba-130m" in out
     assert str(root / "circuits" / "induction_circuits.png") in out
 
 
@@ -287,11 +331,11 @@ def test_circuit_config_errors_name_the_key():
             validate(cfg)
 
 
-# ------------------------------------------------------------------------------------- IOI-style
-def test_ioi_prompts_follow_the_frame():
+# ------------------------------------------------------------------------------------- IOI
+def test_random_frame_ioi_prompts_follow_the_frame():
     from universality.circuits import ioi
 
-    p = ioi.ioi_prompts(12, VOCAB, BOS, seed=2)
+    p = ioi.random_frame_prompts(12, VOCAB, BOS, seed=2)
     labels = p["labels"]
     assert labels[0] == "BOS" and tuple(labels[1:]) == ioi.FRAME and p["clean"].shape == (12, len(labels))
     io_pos, s_pos = labels.index("IO"), [labels.index("S1"), labels.index("S2")]
@@ -304,22 +348,57 @@ def test_ioi_prompts_follow_the_frame():
     assert (p["corrupt"][:, names] != p["clean"][:, names]).all()
     assert torch.equal(p["corrupt"][:, s_pos[0]], p["corrupt"][:, s_pos[1]])   # S' in both slots
     assert (p["io"] != p["s"]).all() and not set(p["io"].tolist()) & set(p["clean"][0, frame].tolist())
-    # "to" occurs twice in the frame: the same token id both times
-    tos = [q for q in range(len(labels)) if labels[q] == "to"]
-    assert len(tos) == 2 and (p["clean"][:, tos[0]] == p["clean"][:, tos[1]]).all()
+    assert not p["templated"]
+
+
+def _word_tokenizer(words):
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def test_templated_ioi_prompts_use_one_token_names_and_fall_back_with_a_reason():
+    from universality.circuits import ioi
+
+    words = ["Then", ",", "and", "went", "to", "the", ".", "gave", "a", "hospital", "computer", "store", "book",
+             *ioi.NAMES[:10]]
+    tok = _word_tokenizer(words)
+    p = ioi.ioi_prompts(20, tok.get_vocab_size(), 0, seed=1, tok=tok)
+    assert p["templated"] and p["labels"][:4] == ["BOS", "Then", ",", "IO"]
+    io, s1, s2 = (p["labels"].index(k) for k in ("IO", "S1", "S2"))
+    assert torch.equal(p["clean"][:, io], p["io"]) and torch.equal(p["clean"][:, s1], p["s"])
+    assert torch.equal(p["clean"][:, s2], p["s"]) and (p["io"] != p["s"]).all()
+    names = {tok.token_to_id(n) for n in ioi.NAMES[:10]}
+    assert set(p["io"].tolist()) <= names and set(p["s"].tolist()) <= names
+    assert (p["corrupt"][:, [io, s1, s2]] != p["clean"][:, [io, s1, s2]]).all()
+    rest = [q for q in range(p["clean"].shape[1]) if q not in (io, s1, s2)]
+    assert torch.equal(p["corrupt"][:, rest], p["clean"][:, rest])          # places / objects kept
+    assert p["example"].startswith("Then")
+    few = ioi.ioi_prompts(4, 40, 0, seed=1, tok=_word_tokenizer(words[:13] + list(ioi.NAMES[:3])))
+    assert not few["templated"] and "3 of" in few["reason"] and "need 8" in few["reason"]
 
 
 def test_ioi_experiment_identities_and_causality(mamba):
     from universality.circuits import ioi
 
-    p = ioi.ioi_prompts(6, VOCAB, BOS, seed=0)
+    p = ioi.random_frame_prompts(6, VOCAB, BOS, seed=0)
     same = {**p, "corrupt": p["clean"].clone()}
-    t = ioi.ioi_experiment(mamba, same, batch_size=4)
-    assert len(t) == mamba.n_layers * (len(p["labels"]) - 1) and (t.logit_diff.abs() < 1e-5).all()
-    t = ioi.ioi_experiment(mamba, p, batch_size=4)
+    t = ioi.ioi_experiment(mamba, same, batch_size=4).table("ioi")
+    assert len(t) == 3 * mamba.n_layers * (len(p["labels"]) - 1) and (t.logit_diff.abs() < 1e-5).all()
+    e = ioi.ioi_experiment(mamba, p, batch_size=4, effects=Effects(100))
+    t = e.table("ioi")
     # positions before IO hold the same tokens in both runs: patching c there changes nothing
     before = t[t.position < p["labels"].index("IO")]
     assert len(before) and (before.logit_diff.abs() < 1e-6).all()
     assert (t.logit_diff.abs() > 1e-4).any()
-    s = ioi.summarise_ioi(t)
-    assert s["peak_token"] in p["labels"] and len(s["peak_token_by_layer"]) == mamba.n_layers
+    # the IO - S change is the IO change minus the S change, prompt by prompt
+    key = {"distance": 0, "layer": 1, "position": 5, "token": p["labels"][5]}
+    diff, io, s_ = (e.values("ioi", {**key, "metric": m}) for m in ioi.METRICS)
+    np.testing.assert_allclose(diff[2] - diff[0], (io[2] - io[0]) - (s_[2] - s_[0]), atol=1e-9)
+    s = ioi.summarise_ioi(e, p)
+    assert s["peak_token"] in p["labels"] and 0 < s["peak_share"] <= 1 and set(s["slots"]) == {"IO", "S1", "S2"}
+    assert "Off-by-one" in s["off_by_one"] and not s["templated"]

@@ -16,12 +16,12 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
 from universality.circuits.induction import POSITIONS  # noqa: E402
 
-__all__ = ["mamba_state", "mamba_offbyone", "mamba_ioi", "neox_heads", "induction_circuits", "MAMBA_FIGURES",
-           "NEOX_FIGURES"]
+__all__ = ["mamba_state", "mamba_offbyone", "mamba_ioi", "neox_heads", "head_paths", "induction_circuits",
+           "MAMBA_FIGURES", "NEOX_FIGURES"]
 
 #: Figure file stems written per model (``circuits/{model}/{stem}.png``).
 MAMBA_FIGURES = ("state_patching", "off_by_one", "ioi")
-NEOX_FIGURES = ("heads",)
+NEOX_FIGURES = ("heads", "head_paths")
 DELTA = "Δ logit of B (patched − clean)"
 A_, B_ = "A'", "B'"   # the two corruptions: [A'][B]...[A] and [A][B']...[A]
 
@@ -46,52 +46,68 @@ def _heatmap(ax, data: np.ndarray, rows, cols, title, xlabel, ylabel, fmt="{:.2f
 
 
 def mamba_state(state: pd.DataFrame, model: str, path) -> None:
-    """Heat map distance x layer of SSM-state path patching ([A][B']...[A] into clean)."""
-    pivot = state.pivot_table(index="distance", columns="layer", values="logit_diff")
+    """Heat map layer x distance (the paper's Table 1 transposed): layer l's SSM state at the final
+    [A] patched from [A][B']...[A], other layers' states frozen clean."""
+    state = state[state.corruption == B_]
+    pivot = state.pivot_table(index="layer", columns="distance", values="logit_diff")
     full = state.groupby("distance")["corrupt_logit_diff"].first()
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.45 * pivot.shape[1] + 3), 0.45 * pivot.shape[0] + 2.2))
-    _heatmap(ax, pivot.to_numpy(), [f"{d} (full {full[d]:+.2f})" for d in pivot.index], pivot.columns,
-             f"{model}: patch layer l's SSM state h from [A][B']…[A],\n"
-             "other layers' states frozen clean", "layer l", "distance A1→A2 (tokens)")
+    fig, ax = plt.subplots(figsize=(0.9 * pivot.shape[1] + 4, 0.32 * pivot.shape[0] + 2.4))
+    _heatmap(ax, pivot.to_numpy(), [f"L{l}" for l in pivot.index],
+             [f"{d}\n(full {full[d]:+.2f})" for d in pivot.columns],
+             f"{model}: SSM state h at the final [A] from [A][B']…[A],\nother layers' states frozen clean "
+             "(paper Table 1)", "distance A1→A2 (tokens)", "layer")
     fig.tight_layout()
     fig.savefig(path, dpi=130, format="png")
     plt.close(fig)
 
 
 def mamba_offbyone(ssm_in: pd.DataFrame, conv_in: pd.DataFrame, key: int, model: str, path) -> None:
-    """Left: c (SSM input) patched per layer and position (mean over distances). Right: x (conv
-    input) at the key layer under both corruptions."""
+    """Left: c (SSM input, into the state only) per layer and position, [A][B']…[A], mean over
+    distances (paper Table 2 is the key layer's row). Right: x (conv input, into c at B1+1) at the
+    key layer under both corruptions (Tables 3, 4)."""
+    ssm_in = ssm_in[ssm_in.corruption == B_]
     order = [p for p in POSITIONS if p in set(ssm_in.position)]
     c = ssm_in.pivot_table(index="layer", columns="position", values="logit_diff")[order]
     x = conv_in.pivot_table(index="corruption", columns="position", values="logit_diff")
     x = x[[p for p in order if p in x.columns]]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 0.4 * len(c) + 3.0),
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 0.32 * len(c) + 3.0),
                                  gridspec_kw={"width_ratios": [1.2, 1]})
     _heatmap(a1, c.to_numpy(), c.index, order,
-             f"{model}: patch SSM input c at one position\n([A][B']…[A], mean over distances)",
+             f"{model}: SSM input c at one position, into h only\n([A][B']…[A], mean over distances)",
              "position of the patched c", "layer")
     a1.axhline(key - 0.5, color="k", lw=0.8)
     a1.axhline(key + 0.5, color="k", lw=0.8)
     rows = ["[A][B']…[A]" if r == B_ else "[A'][B]…[A]" for r in x.index]
     _heatmap(a2, x.to_numpy(), rows, x.columns,
-             f"patch conv input x at key layer {key}\n(mean over distances)",
+             f"conv input x at key layer {key}, into c at B1+1\n(mean over distances)",
              "position of the patched x", "corrupted prompt")
     fig.tight_layout()
     fig.savefig(path, dpi=130, format="png")
     plt.close(fig)
 
 
-def mamba_ioi(table: pd.DataFrame, model: str, path) -> None:
-    """Heat map layer x position of c patching on IOI-style prompts (paper Fig. 13)."""
-    pivot = table.pivot_table(index="layer", columns="position", values="logit_diff")
+def mamba_ioi(table: pd.DataFrame, model: str, path, example: str = "") -> None:
+    """Paper Fig. 13: layer x position; each cell split, left the change of logit(IO), right of
+    logit(S), when c at that (layer, position) takes its [IO']…[S']…[S']… value."""
+    parts = [table[table.metric == m].pivot_table(index="layer", columns="position", values="logit_diff")
+             for m in ("io", "s")]
     labels = dict(zip(table.position, table.token))
-    fig, ax = plt.subplots(figsize=(max(8, 0.55 * pivot.shape[1] + 3), 0.4 * len(pivot) + 2.6))
-    _heatmap(ax, pivot.to_numpy(), pivot.index, [labels[p] for p in pivot.columns],
-             f"{model}: IOI-style prompts [IO] … [S] … [S] …, patch SSM input c from [IO'] … [S'] … [S'] …\n"
-             f"(later layers' states frozen; full corruption Δ{table.corrupt_logit_diff.iloc[0]:+.2f})",
-             "position of the patched c (frame words are random tokens)", "layer",
-             label="Δ (logit IO − logit S), patched − clean")
-    ax.tick_params(axis="x", labelrotation=45)
+    cols = parts[0].columns
+    data = np.stack([parts[0].to_numpy(), parts[1].to_numpy()], axis=-1).reshape(len(parts[0]), -1)
+    vmax = float(np.nanmax(np.abs(data))) or 1.0
+    fig, ax = plt.subplots(figsize=(max(9, 0.75 * len(cols) + 3), 0.32 * len(parts[0]) + 3))
+    im = ax.imshow(data, cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto")
+    ax.set_xticks([2 * j + 0.5 for j in range(len(cols))], [labels[p] for p in cols], rotation=45, ha="right")
+    ax.set_yticks(range(len(parts[0])), [f"L{l}" for l in parts[0].index])
+    for j in range(1, len(cols)):
+        ax.axvline(2 * j - 0.5, color="k", lw=0.6)
+    ax.set_xlabel("position of the patched c (each cell: left Δ logit IO, right Δ logit S)")
+    ax.set_ylabel("layer")
+    kind = "templated sentences" if bool(table.get("templated", pd.Series([False])).iloc[0]) else \
+        "random-token frame (fallback)"
+    ax.set_title(f"{model}: IOI, c patched from [IO']…[S']…[S']… (other layers' states frozen; {kind})\n"
+                 + (f"e.g. {example!r}" if example else ""), fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.85, label="Δ logit (patched − clean)")
     fig.tight_layout()
     fig.savefig(path, dpi=130, format="png")
     plt.close(fig)
@@ -116,6 +132,29 @@ def neox_heads(scores: pd.DataFrame, patching: pd.DataFrame, model: str, path) -
         prompt = "[A][B']…[A]" if c == "B'" else "[A'][B]…[A]"
         _heatmap(ax, e.to_numpy(), e.index, e.columns, f"patch head output z from {prompt}\n"
                  "(all positions, mean over distances)", "head", "layer", vmax=vmax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, format="png")
+    plt.close(fig)
+
+
+def head_paths(paths: pd.DataFrame, model: str, path) -> None:
+    """Sender head x (receiver head, input) path patching, one panel per corruption (mean over
+    distances). An empty table gives a figure that says so."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.3 * max(1, paths[["sender_layer", "sender_head"]]
+                                                         .drop_duplicates().shape[0]) + 3))
+    for ax, c in zip(axes, ("A'", "B'")):
+        sub = paths[paths.corruption == c]
+        if sub.empty:
+            ax.axis("off")
+            ax.set_title(f"{c}: no receivers", fontsize=10)
+            continue
+        sub = sub.assign(sender=[f"L{l}H{h}" for l, h in zip(sub.sender_layer, sub.sender_head)],
+                         receiver=[f"L{l}H{h} {i}" for l, h, i in zip(sub.receiver_layer, sub.receiver_head, sub.input)])
+        t = sub.pivot_table(index="sender", columns="receiver", values="logit_diff", sort=False)
+        prompt = "[A'][B]…[A]" if c == "A'" else "[A][B']…[A]"
+        _heatmap(ax, t.to_numpy(), t.index, t.columns, f"{model}: sender head → receiver q/k/v, from {prompt}\n"
+                 "(direct path, the rest frozen; mean over distances)", "receiver head and input", "sender head")
+        ax.tick_params(axis="x", labelrotation=45)
     fig.tight_layout()
     fig.savefig(path, dpi=130, format="png")
     plt.close(fig)

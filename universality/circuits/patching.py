@@ -36,7 +36,7 @@ from universality.models.scan import selective_scan
 from universality.models.ssm_states import states_to_output
 
 __all__ = ["Patch", "final_logits", "patched_final_logits", "path_patch", "state_override_hooks",
-           "SCAN_INPUTS", "ssm_states"]
+           "SCAN_INPUTS", "ssm_states", "capture_block", "final_state_logits", "conv_window"]
 
 #: Mixer sites from which a layer's SSM states follow (``ssm_states``).
 SCAN_INPUTS = ("hook_ssm_in", "hook_delta", "hook_B", "hook_C")
@@ -135,7 +135,7 @@ def patched_final_logits(model, ids: torch.Tensor, patches: Iterable[Patch],
     if start and resid is None:
         raise ValueError(f"start={start} needs the cached input of block {start} (resid)")
     with hooks(model, fns):
-        return _last_logits(model, resid if start else _embed(model, ids), start)
+        return _last_logits(model, _embed(model, ids) if resid is None else resid, start)
 
 
 def path_patch(model, clean_ids: torch.Tensor, senders: Iterable[Patch] = (),
@@ -161,3 +161,68 @@ def path_patch(model, clean_ids: torch.Tensor, senders: Iterable[Patch] = (),
         raise ValueError(f"sites both patched and frozen: {sorted(clash)}")
     return patched_final_logits(model, clean_ids, senders + [Patch(n, v) for n, v in frozen.items()],
                                 states, start, resid)
+
+
+class _Stop(Exception):
+    """Raised by :func:`capture_block` after the block it runs (the later blocks are not needed)."""
+
+
+@torch.no_grad()
+def capture_block(model, resid: torch.Tensor, layer: int, names: Iterable[str],
+                  patches: Iterable[Patch] = ()) -> dict[str, torch.Tensor]:
+    """Run block ``layer`` alone on its input ``resid`` [batch, pos, d_model] with ``patches``
+    applied and return the values of the named sites of that block (as they left the site)."""
+    seen: dict[str, torch.Tensor] = {}
+    fns: dict[str, list] = {}
+    for p in patches:
+        fns.setdefault(p.name, []).append(p)
+
+    def keep(t, name):
+        seen[name] = t.detach().clone()
+
+    def stop(_t, _name):
+        raise _Stop
+
+    for n in names:
+        fns.setdefault(n, []).append(keep)
+    fns.setdefault(f"blocks.{layer}.hook_resid_post", []).append(stop)
+    try:
+        with hooks(model, fns):
+            registry.arch_of(model).run_blocks(model, resid, layer)
+    except _Stop:
+        pass
+    missing = set(names) - set(seen)
+    if missing:
+        raise KeyError(f"sites {sorted(missing)} are not in block {layer}")
+    return seen
+
+
+def conv_window(model) -> int:
+    """Positions a Mamba layer's output at t reads besides its state: t-K+1..t (conv width K)."""
+    return max(int(block.mixer.d_conv) for block in model.backbone.layers)
+
+
+@torch.no_grad()
+def final_state_logits(model, cache: dict, states: dict[int, torch.Tensor], layer: int,
+                       h_last: torch.Tensor) -> torch.Tensor:
+    """Last-position logits [batch, vocab] when Mamba layer ``layer``'s SSM state at the LAST
+    position is ``h_last`` [batch, d_inner, d_state] and every other state of every layer keeps
+    its clean value (``states`` {l: clean states [batch, pos, d_inner, d_state]}; ``cache``
+    holds the clean ``blocks.{l}.hook_resid_pre``).
+
+    The patch changes layer ``layer``'s output at the last position only, and with the later
+    layers' states frozen only the last position of their inputs changes. So the blocks
+    ``layer``.. run on the last K positions (K = the conv width, what the last output reads)
+    with their inputs held at the clean values before the last position: exact, and K/pos of
+    the cost of a full-length third pass (tested equal to ``path_patch`` with the same states).
+    """
+    n, k = model.n_layers, conv_window(model)
+    k = min(k, next(iter(states.values())).shape[1])
+    window = (slice(None), slice(-k, None))
+    h = states[layer][window].clone()
+    h[:, -1] = h_last.to(h.dtype)
+    over = {layer: h, **{m: states[m][window] for m in range(layer + 1, n)}}
+    hold = [Patch(f"blocks.{m}.hook_resid_pre", cache[f"blocks.{m}.hook_resid_pre"][window],
+                  (slice(None), slice(0, k - 1))) for m in range(layer + 1, n)]
+    return patched_final_logits(model, None, hold, over, start=layer,
+                                resid=cache[f"blocks.{layer}.hook_resid_pre"][window])

@@ -194,36 +194,7 @@ FIGURE_TITLES = {
 
 
 def circuit_tables(summary: dict, results: str) -> list[dict]:
-    """Small tables of the circuits stage for the page (from the CSVs ``summary["tables"]`` lists):
-    Mamba SSM-state patching as layer x distance (paper App. G), SSM input c at the key layer as
-    position x distance, and GPT-NeoX head scores. Returns ``[{"title", "columns", "rows", "src"}]``
-    with ``src`` the CSV path relative to ``results`` (the page links it)."""
-    out = []
-    for path in summary.get("tables", []):
-        name, model = Path(path).stem, Path(path).parent.name
-        df = pd.read_csv(path)
-        if name == "state":
-            for corr, part in df.groupby("corruption"):
-                t = part.pivot(index="layer", columns="distance", values="logit_diff")
-                full = part.groupby("distance")["corrupt_logit_diff"].first()
-                rows = [[f"L{l}"] + [float(v) for v in t.loc[l]] for l in t.index]
-                rows.append(["full corruption"] + [float(full[d]) for d in t.columns])
-                out.append({"title": f"{model}: patching one layer's SSM state from {corr} (change of B's logit)",
-                            "columns": ["layer"] + [f"d={d}" for d in t.columns], "rows": rows})
-        elif name == "ssm_in":
-            key = summary.get("mamba", {}).get(model, {}).get("key_layer")
-            part = df[df["layer"] == key] if key is not None else df.iloc[0:0]
-            for corr, sub in part.groupby("corruption"):
-                t = sub.pivot(index="position", columns="distance", values="logit_diff")
-                out.append({"title": f"{model}: SSM input c at the key layer L{key}, per position, {corr}",
-                            "columns": ["position"] + [f"d={d}" for d in t.columns],
-                            "rows": [[p] + [float(v) for v in t.loc[p]] for p in t.index]})
-        elif name == "head_scores":
-            out.append({"title": f"{model}: attention scores per head (previous token, induction)",
-                        "columns": ["layer", "head", "previous-token score", "induction score"],
-                        "rows": [[int(r.layer), int(r.head), float(r.prev_token), float(r.induction)]
-                                 for r in df.itertuples()]})
-        else:
-            continue
-        out[-1]["src"] = os.path.relpath(path, results)
-    return out
+    """The circuits section's tables (:func:`universality.report.circuits.circuit_tables`)."""
+    from universality.report.circuits import circuit_tables as tables
+
+    return tables(summary, results)
