@@ -16,6 +16,8 @@ from universality.models import registry as models
 from universality.models.gpt_neox import GPTNeoX, NeoXLM
 from universality.zoo import train as zoo
 
+from tests.fakes import FakeTokens
+
 VOCAB = 64
 
 
@@ -23,25 +25,9 @@ def toy_spec(d_model, **kw):
     return {"arch": "gpt_neox", "d_model": d_model, "n_layers": 2, "n_heads": 2, "rotary_pct": 1.0, **kw}
 
 
-class Tokens:
-    """What zoo.train reads of a token set: windows of ``length`` tokens, BOS = 0 first."""
-
-    def __init__(self, n_windows, length, seed):
-        rng = np.random.default_rng(seed)
-        self.ids = np.concatenate([np.r_[0, rng.integers(1, VOCAB, length - 1)] for _ in range(n_windows)])
-        self.offsets = np.arange(n_windows + 1) * length
-        self.bos_id = 0
-
-    def __len__(self):
-        return len(self.offsets) - 1
-
-    def window(self, w):
-        return self.ids[self.offsets[w] : self.offsets[w + 1]]
-
-    def lengths(self):
-        return np.diff(self.offsets)
-
-    padded = corpus.TokenSet.padded
+def Tokens(n_windows, length, seed):
+    """Random windows of ``length`` tokens over the toy vocabulary, BOS = 0 first."""
+    return FakeTokens(n_windows, length, VOCAB, seed=seed)
 
 
 def x_ids(batch=3, pos=40, seed=0):

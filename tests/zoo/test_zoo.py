@@ -8,6 +8,8 @@ from universality.data import corpus
 from universality.models import registry as models
 from universality.zoo import train as zoo
 
+from tests.fakes import FakeTokens
+
 
 def test_synthetic_repeats_labels_match_reference():
     rng = np.random.default_rng(0)
@@ -58,30 +60,6 @@ def test_induction_losses_on_a_perfect_copier():
     out = zoo.induction_losses(Copier(50, 16), 50, bos=0, length=16, prompts=4)
     assert out["second_copy"] < 1e-6
     assert out["first_copy"] == pytest.approx(math.log(50), abs=0.01)
-
-
-class FakeTokens:
-    def __init__(self, n_windows, length, vocab, seed=0, counting=False):
-        rng = np.random.default_rng(seed)
-        if counting:  # learnable text: each window counts up from a random start
-            body = lambda: (rng.integers(0, vocab - 1) + np.arange(length - 1)) % (vocab - 1) + 1
-        else:
-            body = lambda: rng.integers(1, vocab, length - 1)
-        self.ids = np.concatenate([np.r_[0, body()] for _ in range(n_windows)])
-        self.offsets = np.arange(n_windows + 1) * length
-        self.bos_id = 0
-        self.attrs = {"unigram_entropy_nats": 1.0}
-
-    def __len__(self):
-        return len(self.offsets) - 1
-
-    def window(self, w):
-        return self.ids[self.offsets[w] : self.offsets[w + 1]]
-
-    def lengths(self):
-        return np.diff(self.offsets)
-
-    padded = corpus.TokenSet.padded
 
 
 @pytest.mark.parametrize("arch", ["gpt_neox", "mamba"])
