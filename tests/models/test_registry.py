@@ -3,7 +3,6 @@ the RWKV hook sites, and a fourth architecture added through the registry alone.
 import copy
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +10,6 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, RwkvForCausalLM
 
 from universality.circuits.patching import Patch, final_logits, path_patch
 from universality.core.hooks import run_with_cache
-from universality.data import corpus
 from universality.models import registry as models
 from universality.models.gpt_neox import GPTNeoX, NeoXLM
 from universality.zoo import train as zoo

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from universality.data import corpus
 from universality.models import registry as models
 from universality.zoo import train as zoo
 

@@ -47,7 +47,8 @@ class StoreError(ValueError):
     """A file on disk is missing, corrupt or not what its record says; the message names it."""
 
 
-def _sha(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -75,7 +76,7 @@ def seal(path: str | os.PathLike) -> dict:
     """Write ``path/integrity.json``: ``{"files": {relpath: [size, sha256]}}`` of every file below
     ``path`` (sorted, no timestamps: the record is byte-reproducible). Returns the record."""
     root = Path(path)
-    files = {rel: [(root / rel).stat().st_size, _sha(root / rel)] for rel in _files(root)}
+    files = {rel: [(root / rel).stat().st_size, file_sha256(root / rel)] for rel in _files(root)}
     record = {"format": _FORMAT, "files": files}
     (root / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
@@ -104,7 +105,7 @@ def content_id(path: str | os.PathLike) -> str:
         h.update(json.dumps(record["files"], sort_keys=True).encode())
     else:
         for rel in _files(root):
-            h.update(rel.encode() + b"\0" + _sha(root / rel).encode())
+            h.update(rel.encode() + b"\0" + file_sha256(root / rel).encode())
     return h.hexdigest()[:16]
 
 
@@ -143,7 +144,7 @@ def verify(path: str | os.PathLike, *, full_bytes: int = FULL_VERIFY_BYTES, samp
     else:
         check += random.sample(chunks, min(sample, len(chunks)))
     for rel in check:
-        if _sha(root / rel) != want[rel][1]:
+        if file_sha256(root / rel) != want[rel][1]:
             raise _fail(root, f"{rel!r} does not match the sha256 in its integrity record (changed or replaced)")
 
 

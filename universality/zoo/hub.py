@@ -18,7 +18,6 @@ or a job can point it elsewhere).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -105,14 +104,6 @@ def check_config(name: str, spec: dict, hf_config: dict) -> None:
                 f"{hf_config.get(hf_key)} (fix the preset: the DAG is planned from it)")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def materialise(name: str, spec: dict, out_dir: str | Path) -> dict:
     """Write the hub model ``spec`` (a ``models:`` entry, ``source: hub``) to ``out_dir``.
 
@@ -123,6 +114,7 @@ def materialise(name: str, spec: dict, out_dir: str | Path) -> dict:
     from transformers import AutoModelForCausalLM
 
     from universality.core import store
+    from universality.core.integrity import file_sha256
 
     revision = spec.get("revision") or "main"
     path, commit = model_snapshot(spec["hub_id"], revision)
@@ -132,7 +124,7 @@ def materialise(name: str, spec: dict, out_dir: str | Path) -> dict:
         str(path), local_files_only=True, trust_remote_code=False, dtype=torch.float32)
     with store.atomic_output(out_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
-    files = {p.name: _sha256(p) for p in sorted(path.iterdir()) if p.is_file()}
+    files = {p.name: file_sha256(p) for p in sorted(path.iterdir()) if p.is_file()}
     return {
         "model": name,
         "source": "hub",
