@@ -18,9 +18,11 @@ from universality.core import store
 @click.option("--captions", required=True, help="space-separated caption files (.rst), same order")
 @click.option("--cards", default="", help="space-separated cards JSON, in the order of plan.cards")
 @click.option("--circuits", default="", help="circuits/summary.json (circuits_summary), if any")
+@click.option("--judge", default="", help="report/judge/summary.json (report_judge), if any")
+@click.option("--judge-figures", default="", help="space-separated judge PNGs (Fig. 5a, Fig. 5b)")
 @click.option("--setup", required=True, help='JSON: {"plan", "report", "results"} (the rule\'s params)')
 @click.option("--page", required=True, type=click.Path(dir_okay=False), help="output: index.html")
-def main(summary, figures, captions, cards, circuits, setup, page):
+def main(summary, figures, captions, cards, circuits, judge, judge_figures, setup, page):
     s = json.loads(setup)
     plan = s["plan"]
     pngs, texts = figures.split(), captions.split()
@@ -43,10 +45,21 @@ def main(summary, figures, captions, cards, circuits, setup, page):
                 "tables": [{**t, "src": rel(ResultPaths(s["results"])(t["src"]))}
                            for t in report.circuit_tables(c, s["results"])]}
     text = report.render_page(store.read_json(summary), plan, figs, card_sets,
-                              {"results": s["results"], "report": s["report"]}, circ)
+                              {"results": s["results"], "report": s["report"]}, circ,
+                              judge_section(judge, judge_figures, here))
     with store.atomic_output(page) as tmp:
         tmp.write_text(text, encoding="utf-8")
     click.echo(f"wrote {page}: {len(figs)} figures, {sum(map(len, card_sets.values()))} cards")
+
+
+def judge_section(summary_path: str, pngs: str, here: Path):
+    """The judge's summary with its figures (relative paths, captions from report/captions)."""
+    if not summary_path:
+        return None
+    captions = Path(__file__).resolve().parents[1] / "report" / "captions"
+    figs = [{"name": Path(p).stem, "src": Path(os.path.relpath(Path(p).resolve(), here)).as_posix(),
+             "caption": (captions / f"{Path(p).stem}.rst").read_text().strip()} for p in pngs.split()]
+    return {**store.read_json(summary_path), "figures": figs}
 
 
 if __name__ == "__main__":

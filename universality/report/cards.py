@@ -16,8 +16,9 @@ import pandas as pd
 from universality.report.complexity import load_csc, row_tokens, top_rows
 
 
-def sample_pairs(forward: pd.DataFrame, bins: list[float], per_bin: int, seed: int) -> pd.DataFrame:
-    """Up to ``per_bin`` matched pairs per MPPC bin ``[lo, hi)`` (the last bin includes ``hi``).
+def sample_pairs(forward: pd.DataFrame, bins: list[float], per_bin: int | None, seed: int) -> pd.DataFrame:
+    """Up to ``per_bin`` matched pairs per MPPC bin ``[lo, hi)`` (the last bin includes ``hi``);
+    ``per_bin`` None takes every pair.
 
     Deterministic for a given ``seed``; sorted by MPPC, highest first. Adds a ``bin`` column.
     """
@@ -29,7 +30,8 @@ def sample_pairs(forward: pd.DataFrame, bins: list[float], per_bin: int, seed: i
         in_bin = valid[(valid["mppc"] >= lo) & ((valid["mppc"] <= hi) if last else (valid["mppc"] < hi))]
         if len(in_bin) == 0:
             continue
-        take = rng.choice(len(in_bin), size=min(per_bin, len(in_bin)), replace=False)
+        size = len(in_bin) if per_bin is None else min(per_bin, len(in_bin))
+        take = rng.choice(len(in_bin), size=size, replace=False)
         rows = in_bin.iloc[np.sort(take)].copy()
         rows["bin"] = f"[{lo:g}, {hi:g}{']' if last else ')'}"
         picked.append(rows)

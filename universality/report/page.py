@@ -160,10 +160,11 @@ def context_html(ctx: dict, top: float) -> str:
 
 
 def render_page(summary: dict, plan: dict, figures: list[dict], cards: dict[str, list[dict]],
-                config: dict, circuits: dict | None = None) -> str:
+                config: dict, circuits: dict | None = None, judge: dict | None = None) -> str:
     """The HTML page. ``figures``: ``[{"name", "title", "src" (relative path), "caption"}]``;
     ``cards``: ``{comparison: [card]}`` from :func:`universality.report.cards.build_cards`;
-    ``circuits``: ``{"findings", "figures" [{"src", "caption"}], "tables"}`` or None."""
+    ``circuits``: ``{"findings", "figures" [{"src", "caption"}], "tables"}`` or None;
+    ``judge``: report/judge/summary.json with ``figures`` ([{"name", "src", "caption"}]) or None."""
     import jinja2
     import markupsafe
 
@@ -174,7 +175,8 @@ def render_page(summary: dict, plan: dict, figures: list[dict], cards: dict[str,
     env.filters["pct"] = lambda x: "\u2014" if x is None or x != x else f"{100 * x:.1f}%"
     env.globals["context_html"] = lambda ctx, top: markupsafe.Markup(context_html(ctx, top))
     return env.get_template("report.html.j2").render(
-        summary=summary, plan=plan, figures=figures, cards=cards, config=config, circuits=circuits)
+        summary=summary, plan=plan, figures=figures, cards=cards, config=config, circuits=circuits,
+        judge=judge)
 
 
 #: Titles of the figures on the page (captions: report/captions/{name}.rst, shared with `--report`).
