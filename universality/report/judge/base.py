@@ -53,7 +53,7 @@ def from_probabilities(probs: dict[str, float], raw: str, source: str) -> Answer
                   parsed=True, source=source, digit_mass=mass)
 
 
-_DIGIT = re.compile(r"(?<![\d.])([1-5])(?![\d.])")
+_DIGIT = re.compile(r"(?<![\d.])([1-5])(?!\.?\d)")
 
 
 def from_text(raw: str) -> Answer:

@@ -11,6 +11,8 @@ In the text the judge reads, activations are integers 0..10 relative to the feat
 """
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from universality.report.cards import ContextReader, sample_pairs
@@ -41,11 +43,12 @@ def show_token(token: str) -> str:
 
 def format_samples(feature: dict) -> str:
     """The samples block after the prompt: one line per sample, each token followed by
-    ``[a]`` with ``a`` = round(10 * activation / the feature's maximum), 0 where it does not fire."""
+    ``[a]`` with ``a`` = 10 * activation / the feature's maximum, rounded half up, 0 where it does not fire."""
     top = feature["max"]
     lines = []
     for i, ctx in enumerate(feature["contexts"], 1):
-        scaled = [0 if top <= 0 else int(round(10 * max(a, 0.0) / top)) for a in ctx["acts"]]
+        # half up (2.5 -> 3), not Python's half-to-even
+        scaled = [0 if top <= 0 else int(math.floor(10 * max(a, 0.0) / top + 0.5)) for a in ctx["acts"]]
         lines.append(f"Sample {i}: " + "".join(f"{show_token(t)}[{a}]" for t, a in zip(ctx["tokens"], scaled)))
     if not lines:
         lines.append("(the feature never fires on the evaluation tokens)")
