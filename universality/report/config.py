@@ -40,7 +40,7 @@ class JudgeConfig:
     api_key_env: str = "OPENAI_API_KEY"        # the environment variable holding the key (never the key)
     prompts: str = "appE-v1"                   # prompt set (universality/prompts)
     bins: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    per_bin: int | None = 3
+    per_bin: int | None = 2
     samples: int = 10
     seed: int = 0
     concurrency: int = 4

