@@ -38,8 +38,8 @@ def complexity_figure(table: pd.DataFrame, forwards: dict, roles: dict, proxy: p
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.9), squeeze=False)
     for ax, name in zip(axes[0], order):
         _boxes(ax, table, "complexity", with_mppc(table, forwards[name]))
-        ax.set(xlabel="complexity score (1 simple \u2013 5 complex)", ylabel="MPPC",
-               title=f"{ROLE_TITLES[roles[name]]}\n({name})")
+        ax.set(xlabel="complexity score (1 simple \u2013 5 complex)", ylabel="MPPC")
+        ax.set_title(f"{ROLE_TITLES[roles[name]]}\n({name})", pad=20)  # room for the n labels
     if proxy is not None:
         ax = axes[0][-1]
         p = table[["layer", "feature"]].merge(proxy, on=["layer", "feature"], how="left")
