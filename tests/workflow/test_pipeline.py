@@ -116,11 +116,12 @@ def test_changing_the_judge_reruns_only_its_scores_and_what_reads_them(repo, mic
     """issue 17: another judge (or judge option) -> new scores, the judge's report, the page."""
     work, _, cfg = micro
     cfg = copy.deepcopy(cfg)
-    cfg["judge"] = {**cfg.get("judge", {}), "kind": "openai", "model": "scripted", "base_url": "http://127.0.0.1:9/v1"}
+    local = dict(cfg.get("judge", {}))
+    cfg["judge"] = {**local, "kind": "openai", "model": "scripted", "base_url": "http://127.0.0.1:9/v1"}
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg, sort_keys=False))  # keep the comparisons' order
     assert planned_jobs(repo, work, changed) == {"judge_scores": 1, "report_judge": 1, "report_page": 1, "all": 1}
-    cfg["judge"] = {"per_bin": cfg["judge"]["per_bin"], "timeout": 5.0}  # the local judge, another option
+    cfg["judge"] = {**local, "timeout": 5.0}  # the local judge, another option
     changed.write_text(yaml.safe_dump(cfg, sort_keys=False))  # keep the comparisons' order
     assert planned_jobs(repo, work, changed) == {"judge_scores": 1, "report_judge": 1, "report_page": 1, "all": 1}
 
