@@ -101,6 +101,7 @@ rule report_page:
         circuits=circuit_targets(),
         measures=paths.measures_summary(),
         measure_figures=[paths.report_figure(f) for f in ("similarity_maps", "matching_shares")],
+        **judge_page_inputs(),
     output:
         page=paths.report_page(),
     params:
@@ -136,3 +137,76 @@ rule report_measures:
         "../envs/core.yaml"
     script:
         "../scripts/report_measures.py"
+
+
+# The LLM judge (issue 17): the sample and its contexts (judge-independent), the scores (one job
+# per judge, prompt set, model and SAE seed; answers cached as they arrive), then the judge's
+# figures and summary. Changing the judge reruns judge_scores, report_judge and report_page only.
+rule judge_contexts:
+    input:
+        stores=complexity_stores,
+        forward=judge_stratify_table,
+        tokens=paths.tokens("eval"),
+        tokenizer=paths.tokenizer(),
+    output:
+        out=paths.judge_contexts("{model}", "{seed}"),
+    params:
+        layers=layer_list,
+        options=judge_contexts_options(),
+    log:
+        paths.judge_log("judge_contexts", "{model}", "seed{seed}"),
+    threads: 1
+    resources:
+        mem_mb=3000,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/judge_contexts.py"
+
+
+rule judge_scores:
+    input:
+        contexts=paths.judge_contexts("{model}", "{seed}"),
+        prompt_files=prompt_files(JUDGE["prompts"]),
+    output:
+        out=directory(paths.judge_scores_dir("{judge}", "{prompts}", "{model}", "{seed}")),
+        manifest=paths.judge_manifest("{judge}", "{prompts}", "{model}", "{seed}"),
+    params:
+        options=judge_score_options(),
+        prompt_hash=prompt_hash(JUDGE["prompts"]),
+        cache=paths.judge_cache("{judge}", "{model}", "{seed}"),
+    wildcard_constraints:
+        judge=re.escape(JUDGE["judge"] or "none"),
+        prompts=re.escape(JUDGE["prompts"]),
+    log:
+        paths.judge_log("judge_scores", "{judge}", "{prompts}", "{model}", "seed{seed}"),
+    threads: 2
+    resources:
+        mem_mb=3000,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/judge_scores.py"
+
+
+rule report_judge:
+    input:
+        **judge_report_inputs(),
+    output:
+        summary=paths.judge_summary(),
+        complexity_figure=report(paths.report_figure("judge_complexity"),
+                                 caption="../report/captions/judge_complexity.rst", category="LLM judge"),
+        monosemanticity_figure=report(paths.report_figure("judge_monosemanticity"),
+                                      caption="../report/captions/judge_monosemanticity.rst", category="LLM judge"),
+    params:
+        plan=as_param(JUDGE),
+        options=as_param(config["judge"]),
+    log:
+        paths.log("report", "judge"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/report_judge.py"

@@ -22,9 +22,12 @@ from universality.core import store
 @click.option("--sae-figure", default="", help="the sweep figure (report_sae), if any")
 @click.option("--measures", default="", help="report/measures.json (report_measures), if any")
 @click.option("--measure-figures", default="", help="space-separated PNGs of report_measures (similarity_maps, matching_shares)")
+@click.option("--judge", default="", help="report/judge/summary.json (report_judge), if any")
+@click.option("--judge-figures", default="", help="space-separated judge PNGs (Fig. 5a, Fig. 5b)")
 @click.option("--setup", required=True, help='JSON: {"plan", "report", "results"} (the rule\'s params)')
 @click.option("--page", required=True, type=click.Path(dir_okay=False), help="output: index.html")
-def main(summary, figures, captions, cards, circuits, sae, sae_figure, measures, measure_figures, setup, page):
+def main(summary, figures, captions, cards, circuits, sae, sae_figure, measures, measure_figures, judge, judge_figures,
+         setup, page):
     s = json.loads(setup)
     plan = s["plan"]
     pngs, texts = figures.split(), captions.split()
@@ -59,10 +62,21 @@ def main(summary, figures, captions, cards, circuits, sae, sae_figure, measures,
             {"name": n, "title": MEASURE_FIGURES[n], "src": Path(os.path.relpath(Path(p).resolve(), here)).as_posix()}
             for n, p in zip(MEASURE_FIGURES, measure_figures.split())]}
     text = report.render_page(store.read_json(summary), plan, figs, card_sets,
-                              {"results": s["results"], "report": s["report"]}, circ, sae=sae_section, measures=meas)
+                              {"results": s["results"], "report": s["report"]}, circ, sae=sae_section, measures=meas,
+                              judge=judge_section(judge, judge_figures, here))
     with store.atomic_output(page) as tmp:
         tmp.write_text(text, encoding="utf-8")
     click.echo(f"wrote {page}: {len(figs)} figures, {sum(map(len, card_sets.values()))} cards")
+
+
+def judge_section(summary_path: str, pngs: str, here: Path):
+    """The judge's summary with its figures (relative paths, captions from report/captions)."""
+    if not summary_path:
+        return None
+    captions = Path(__file__).resolve().parents[1] / "report" / "captions"
+    figs = [{"name": Path(p).stem, "src": Path(os.path.relpath(Path(p).resolve(), here)).as_posix(),
+             "caption": (captions / f"{Path(p).stem}.rst").read_text().strip()} for p in pngs.split()]
+    return {**store.read_json(summary_path), "figures": figs}
 
 
 if __name__ == "__main__":

@@ -97,3 +97,53 @@ def measures_setup():
                      "matched": MATCHED_COMPARISONS, "thresholds": config["measures"]["thresholds"],
                      "coverage": config["measures"]["coverage"],
                      "layers": {m: model_layers(config, m) for m in MODELS}})
+
+
+# --- the LLM judge (issue 17): judge_contexts, judge_scores, report_judge ---
+from universality.report.judge.prompts import prompt_files, prompt_hash
+from universality.workflow.judge import judge_plan
+
+JUDGE = judge_plan(config)
+JUDGE_SOURCES = {(s["model"], str(s["seed"])): s for s in JUDGE["sources"]}
+#: What defines the judge's answers (its identity without secrets, its options): a judge_scores param.
+JUDGE_OPTIONS = ("kind", "model", "base_url", "api_key_env", "concurrency", "timeout", "retries")
+
+
+def judge_source(wildcards):
+    return JUDGE_SOURCES[(wildcards.model, wildcards.seed)]
+
+
+def judge_stratify_table(wildcards):
+    """The forward MPPC table whose bins the sample is drawn from."""
+    return paths.mppc(judge_source(wildcards)["stratify"])
+
+
+def judge_contexts_options():
+    j, r = config["judge"], config["report"]
+    return as_param({"bins": j["bins"], "per_bin": j["per_bin"], "samples": j["samples"], "seed": j["seed"],
+                     "context": r["context"]})
+
+
+def judge_score_options():
+    return as_param({k: config["judge"][k] for k in JUDGE_OPTIONS})
+
+
+def judge_manifests():
+    return [paths.judge_manifest(JUDGE["judge"], JUDGE["prompts"], s["model"], s["seed"]) for s in JUDGE["sources"]]
+
+
+def judge_report_inputs():
+    """Everything report_judge reads: scores, samples, MPPC tables and proxy tables of each source."""
+    srcs = JUDGE["sources"]
+    return {"manifests": judge_manifests(),
+            "contexts": [paths.judge_contexts(s["model"], s["seed"]) for s in srcs],
+            "forward": sorted({paths.mppc(n) for s in srcs for n in s["comparisons"]}),
+            "proxy": [paths.complexity(s["model"], s["seed"]) for s in srcs]}
+
+
+def judge_page_inputs():
+    """report_page's judge inputs (none without a judge)."""
+    if not JUDGE["sources"]:
+        return {}
+    return {"judge": paths.judge_summary(),
+            "judge_figures": [paths.report_figure(f) for f in ("judge_complexity", "judge_monosemanticity")]}

@@ -109,13 +109,35 @@ def test_contexts_map_rows_back_to_windows_and_positions(tmp_path):
     write_csr(tmp_path / "L0.zarr", x)
     reader = cards.ContextReader({0: str(tmp_path / "L0.zarr")}, str(tmp_path / "eval.zarr"), decode=str, context=3)
     f = reader.feature(0, 0, k=5)
-    assert f["fires"] == 3 and f["max"] == 3.0 and len(f["contexts"]) == 3
-    first, second = f["contexts"][0], f["contexts"][1]
-    # clipped at BOS on the left, 3 tokens on the right; never crosses into another window
-    assert first["tokens"] == ["20", "21", "22", "23", "24"] and first["centre"] == 1
-    assert first["acts"] == [0.0, 3.0, 0.5, 0.0, 0.0]
-    assert second["tokens"] == ["8", "9", "10", "11", "12"] and second["centre"] == 3
-    assert second["acts"][second["centre"]] == 2.0
+    # one context per distinct window (window 1's second activation is not a sample of its own)
+    assert f["fires"] == 3 and f["max"] == 3.0 and len(f["contexts"]) == 2
+    first, second = f["contexts"]
+    # window 1 is shorter than 7 tokens: all of it, BOS excluded; never crosses into another window
+    assert first["tokens"] == ["20", "21", "22", "23", "24", "25"] and first["centre"] == 1
+    assert first["acts"] == [0.0, 3.0, 0.5, 0.0, 0.0, 0.0] and first["window"] == 1
+    # at the window's right edge the 7-token span shifts inward instead of being cut
+    assert second["tokens"] == ["6", "7", "8", "9", "10", "11", "12"] and second["centre"] == 5
+    assert second["acts"][second["centre"]] == 2.0 and second["window"] == 0
+
+
+def test_contexts_are_the_top_windows_by_peak(tmp_path):
+    """Ten peaks inside one window give one sample; samples are ranked by each window's peak."""
+    windows = [[0] + list(range(1, 40)), [0] + list(range(40, 60)), [0] + list(range(60, 80))]
+    write_token_set(tmp_path / "eval.zarr", windows)
+    scored = [(w, p) for w, win in enumerate(windows) for p in range(1, len(win))]
+    x = np.zeros((len(scored), 1), dtype=np.float32)
+    for p in range(1, 30):  # window 0: many high activations
+        x[scored.index((0, p)), 0] = 5.0 + p
+    x[scored.index((2, 10)), 0] = 4.0
+    x[scored.index((1, 5)), 0] = 1.0
+    write_csr(tmp_path / "L0.zarr", x)
+    reader = cards.ContextReader({0: str(tmp_path / "L0.zarr")}, str(tmp_path / "eval.zarr"), decode=str, context=8)
+    f = reader.feature(0, 0, k=10)
+    assert [c["window"] for c in f["contexts"]] == [0, 2, 1]
+    assert all(len(c["tokens"]) == 17 for c in f["contexts"])
+    top = f["contexts"][0]
+    assert top["tokens"][top["centre"]] == "29" and top["acts"][top["centre"]] == 34.0
+    assert reader.feature(0, 0, k=2)["contexts"][1]["window"] == 2
 
 
 def test_sample_pairs_per_bin_deterministic_and_valid_only():

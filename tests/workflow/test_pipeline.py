@@ -63,12 +63,19 @@ def test_nothing_to_do_after_a_run(repo, micro):
 def report_jobs(cfg, touched, models):
     """The report's jobs that rerun when the comparisons ``touched`` and the SAEs of ``models`` change."""
     from universality.workflow.config import report_plan, validate
+    from universality.workflow.judge import judge_plan
 
     plan = report_plan(validate(cfg))
     jobs = {"report_figures": 1, "report_page": 1,
             "report_sae": 1 if models else 0,  # issue 19: the SAE quality table reads every SAE's metrics
             "report_cards": len(set(plan["cards"]) & set(touched)),
             "report_complexity": sum(m in models for m, _ in plan["complexity"])}
+    # issue 17: a source's sample (and so its scores) follows its stratifying MPPC table and its
+    # SAEs; the judge's report reads every comparison of every source
+    sources = judge_plan(validate(cfg))["sources"]
+    resampled = sum(s["stratify"] in touched or s["model"] in models for s in sources)
+    jobs.update(judge_contexts=resampled, judge_scores=resampled,
+                report_judge=int(any(set(s["comparisons"]) & set(touched) for s in sources) or resampled > 0))
     return {k: v for k, v in jobs.items() if v}
 
 
@@ -118,6 +125,48 @@ def test_changing_l1_of_one_mamba_layer_reruns_its_descendants_only(repo, micro,
         **report_jobs(cfg, touched, ["mamba-s0"]), **measure_jobs(touched, sae_changed=True)}
     out = snakemake(repo, work, "-n", "--configfile", str(changed)).stdout
     assert re.search(r"wildcards: model=mamba-s0, site=resid, layer=1, seed=0", out), out
+
+
+def test_changing_the_judge_reruns_only_its_scores_and_what_reads_them(repo, micro, tmp_path):
+    """issue 17: another judge (or judge option) -> new scores, the judge's report, the page."""
+    work, _, cfg = micro
+    cfg = copy.deepcopy(cfg)
+    local = dict(cfg.get("judge", {}))
+    cfg["judge"] = {**local, "kind": "openai", "model": "scripted", "base_url": "http://127.0.0.1:9/v1"}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))  # keep the comparisons' order
+    assert planned_jobs(repo, work, changed) == {"judge_scores": 1, "report_judge": 1, "report_page": 1, "all": 1}
+    cfg["judge"] = {**local, "timeout": 5.0}  # the local judge, another option
+    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))  # keep the comparisons' order
+    assert planned_jobs(repo, work, changed) == {"judge_scores": 1, "report_judge": 1, "report_page": 1, "all": 1}
+
+
+def test_micro_judge_scores(micro):
+    """issue 17: the offline judge scored the micro run's sample; lineage in every row."""
+    import json
+
+    import pandas as pd
+
+    from universality.report.judge.prompts import prompt_hash
+
+    work, _, cfg = micro
+    root = work / cfg["results"] / "report" / "judge"
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["judge"] == "local-smollm2-135m-instruct.q4-1" and summary["weak"]
+    src = summary["sources"][0]
+    manifest = json.loads((root / "scores" / summary["judge"] / "appE-v1" / src["model"] / f"seed{src['seed']}.json").read_text())
+    tables = [pd.read_csv(root / "scores" / summary["judge"] / "appE-v1" / src["model"] / f"seed{src['seed']}" / f)
+              for f in manifest["files"]]
+    t = pd.concat(tables)
+    assert len(t) == src["features"] == manifest["features"] >= 3
+    assert (t["prompt_hash"] == prompt_hash("appE-v1")).all()
+    for s in ("complexity", "monosemanticity"):
+        assert t[s].between(1, 5).all() and t[f"{s}_argmax"].between(1, 5).all()
+        assert (t[f"{s}_source"] == "next-token").all() and t[f"{s}_digit_mass"].between(0, 1).all()
+    assert set(src["comparisons"]) == {"cross_arch", "model_seed", "sae_seed"}
+    assert src["proxy"]["token_share"]["n"] == len(t)
+    cache = work / cfg["results"] / "report" / "judge" / "cache" / summary["judge"] / src["model"] / f"seed{src['seed']}.jsonl"
+    assert len(cache.read_text().splitlines()) == 2 * len(t)
 
 
 def test_lint_is_clean(repo):

@@ -201,3 +201,31 @@ class ResultPaths:
 
     def report_page(self) -> str:
         return self("report", "index.html")
+
+    # --- report: the LLM judge (issue 17) ---
+
+    def judge_contexts(self, model, seed) -> str:
+        """The stratified sample of features of one SAE seed of a model and the samples the judge reads."""
+        return self("report", "judge", "contexts", model, f"seed{seed}.json")
+
+    def judge_scores_dir(self, judge, prompts, model, seed) -> str:
+        """The score files ``L{layer}.csv`` of one (judge, prompt set, model, SAE seed)."""
+        return self("report", "judge", "scores", judge, prompts, model, f"seed{seed}")
+
+    def judge_scores(self, judge, prompts, model, seed, layer) -> str:
+        """One row per scored feature of one (judge, prompt set, model, SAE seed, layer)."""
+        return os.path.join(self.judge_scores_dir(judge, prompts, model, seed), f"L{layer}.csv")
+
+    def judge_manifest(self, judge, prompts, model, seed) -> str:
+        """The tracked lineage file of a score directory: judge, prompt hash, counts, files."""
+        return self.judge_scores_dir(judge, prompts, model, seed) + ".json"
+
+    def judge_cache(self, judge, model, seed) -> str:
+        """Answers as they arrive (not a job output: survives a killed job)."""
+        return self("report", "judge", "cache", judge, model, f"seed{seed}.jsonl")
+
+    def judge_summary(self) -> str:
+        return self("report", "judge", "summary.json")
+
+    def judge_log(self, rule, *parts) -> str:
+        return self.log("report", rule, *parts)

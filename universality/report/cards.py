@@ -1,10 +1,12 @@
 """Feature-pair cards (the paper's Fig. 4): matched pairs and their top activating contexts.
 
 For a comparison's forward MPPC table, pairs (feature i of A, its best match j in B) are sampled
-across MPPC bins; for each side the top-k activating tokens are shown in their context of
-``2 * context + 1`` tokens (the paper shows 17-token contexts: 8 before, the token, 8 after),
-every token with that feature's activation so that the page can shade it. Contexts stay inside
-one window of the token set (windows are cut from one document; BOS is never shown).
+across MPPC bins; for each side the top-k activating samples (distinct windows, each shown once
+around its peak) are shown in contexts of ``2 * context + 1`` tokens (the paper feeds its judge
+17-token contexts: App. E), every token with that feature's activation so that the page can shade
+it. Contexts stay inside one window of the token set (windows are cut from one document; BOS is
+never shown); near a window's edge the span shifts inward rather than being cut.
+The LLM judge (:mod:`universality.report.judge`) reads the same contexts.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import pandas as pd
 from universality.report.complexity import load_csc, row_tokens, top_rows
 
 
-def sample_pairs(forward: pd.DataFrame, bins: list[float], per_bin: int, seed: int) -> pd.DataFrame:
-    """Up to ``per_bin`` matched pairs per MPPC bin ``[lo, hi)`` (the last bin includes ``hi``).
+def sample_pairs(forward: pd.DataFrame, bins: list[float], per_bin: int | None, seed: int) -> pd.DataFrame:
+    """Up to ``per_bin`` matched pairs per MPPC bin ``[lo, hi)`` (the last bin includes ``hi``);
+    ``per_bin`` None takes every pair.
 
     Deterministic for a given ``seed``; sorted by MPPC, highest first. Adds a ``bin`` column.
     """
@@ -27,7 +30,8 @@ def sample_pairs(forward: pd.DataFrame, bins: list[float], per_bin: int, seed: i
         in_bin = valid[(valid["mppc"] >= lo) & ((valid["mppc"] <= hi) if last else (valid["mppc"] < hi))]
         if len(in_bin) == 0:
             continue
-        take = rng.choice(len(in_bin), size=min(per_bin, len(in_bin)), replace=False)
+        size = len(in_bin) if per_bin is None else min(per_bin, len(in_bin))
+        take = rng.choice(len(in_bin), size=size, replace=False)
         rows = in_bin.iloc[np.sort(take)].copy()
         rows["bin"] = f"[{lo:g}, {hi:g}{']' if last else ')'}"
         picked.append(rows)
@@ -56,31 +60,47 @@ class ContextReader:
         return self._csc[layer]
 
     def feature(self, layer: int, feature: int, k: int) -> dict:
-        """``{"layer", "feature", "fires", "max", "contexts": [{"tokens": [str], "acts": [float], "centre": int}]}``."""
+        """The feature's top ``k`` activating samples, as the paper feeds them to its judge (App. E).
+
+        Returns ``{"layer", "feature", "fires", "max", "contexts": [{"tokens": [str], "acts":
+        [float], "centre": int, "window": int}]}``: one context per distinct window (its peak, the
+        highest activation in that window; windows ranked by peak, ties: lower row first), each
+        ``2 * context + 1`` tokens around the peak, shifted (not clipped) to stay inside the
+        window, BOS never shown; every token with this feature's activation.
+        """
         csc = self._layer(layer)
         _, win, pos, tokens = self._rows
         column = np.asarray(csc[:, feature].toarray()).ravel()
-        rows, vals = top_rows(csc, feature, k)
-        contexts = []
-        for r in rows:
-            w, p = int(win[r]), int(pos[r])
-            length = int(tokens.offsets[w + 1] - tokens.offsets[w])
-            lo, hi = max(1, p - self.context), min(length - 1, p + self.context)
-            span = np.arange(lo, hi + 1)
-            # the window's rows, in position order (token_rows is window-major)
-            first, last = np.searchsorted(win, w, side="left"), np.searchsorted(win, w, side="right")
-            at = first + np.searchsorted(pos[first:last], span)
-            scored = (at < last) & (pos[np.minimum(at, len(pos) - 1)] == span)
-            window_ids = tokens.window(w)
-            contexts.append({
-                "tokens": [self.decode(int(window_ids[q])) for q in span],
-                # positions without a row (a cut last window) have no activation: shown as 0
-                "acts": [float(column[a]) if ok else 0.0 for a, ok in zip(at, scored)],
-                "centre": int(np.flatnonzero(span == p)[0]),
-            })
+        rows, vals = top_rows(csc, feature, csc.shape[0])
+        # first occurrence of each window in activation order = that window's peak
+        _, first = np.unique(win[rows], return_index=True)
+        peaks = np.sort(first)[:k]
+        contexts = [self._context(column, int(rows[i]), tokens) for i in peaks]
         fires = int(csc.indptr[feature + 1] - csc.indptr[feature])
         return {"layer": int(layer), "feature": int(feature), "fires": fires,
                 "max": float(vals[0]) if len(vals) else 0.0, "contexts": contexts}
+
+    def _context(self, column: np.ndarray, r: int, tokens) -> dict:
+        """The ``2 * context + 1`` tokens of row ``r``'s window around its position."""
+        _, win, pos, _ = self._rows
+        w, p = int(win[r]), int(pos[r])
+        length = int(tokens.offsets[w + 1] - tokens.offsets[w])
+        width = 2 * self.context + 1
+        # positions 1 .. length - 1 (0 is BOS); shift the span inward at the window's edges
+        lo = max(1, min(p - self.context, length - width))
+        hi = min(length - 1, lo + width - 1)
+        span = np.arange(lo, hi + 1)
+        # the window's rows, in position order (token_rows is window-major)
+        first, last = np.searchsorted(win, w, side="left"), np.searchsorted(win, w, side="right")
+        at = first + np.searchsorted(pos[first:last], span)
+        scored = (at < last) & (pos[np.minimum(at, len(pos) - 1)] == span)
+        window_ids = tokens.window(w)
+        return {
+            "tokens": [self.decode(int(window_ids[q])) for q in span],
+            # positions without a row (a cut last window) have no activation: shown as 0
+            "acts": [float(column[a]) if ok else 0.0 for a, ok in zip(at, scored)],
+            "centre": int(np.flatnonzero(span == p)[0]), "window": w,
+        }
 
 
 def build_cards(forward: pd.DataFrame, reader_a: ContextReader, reader_b: ContextReader, *,

