@@ -122,6 +122,7 @@ def difference(panels: list[tuple[pd.DataFrame, dict]], comps: dict, out: str) -
         cross, skyline = stats["cross"], stats["skyline"]
         ax.set(xlabel=f"MPPC({cross}) \u2212 MPPC({skyline}), same feature of {comps[cross]['a']}",
                ylabel="density (per unit MPPC)", title=f"{comps[cross]['a']} \u2192 {comps[cross]['b']} ({cross})")
+        ax.set_xlim(lo, hi)
         _headroom(ax, 1.6)
         ax.legend(loc="upper left", frameon=False)
     fig.suptitle("Marginal effect of the architecture: cross-architecture minus model-seed MPPC")
