@@ -4,7 +4,7 @@ The plan is checked on the micro preset (two cross pairs: GPT-NeoX -> Mamba and 
 numbers on planted MPPC tables against a plain float64 loop; the page by its table cells.
 """
 import copy
-from html.parser import HTMLParser
+import re
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,7 @@ from universality.report import page as report
 from universality.workflow.config import ConfigError, report_plan, validate
 from universality.workflow.judge import judge_plan
 from universality.workflow.roles import comparison_role
+from test_report import Cells  # the page's table cells by (table id, row, key)
 
 
 @pytest.fixture
@@ -132,34 +133,6 @@ def test_summary_is_keyed_per_cross_pair(two_pairs):
     assert rwkv["neuron"]["chance"]["mean"] == pytest.approx(null.mean())
 
 
-class Cells(HTMLParser):
-    """{(table id, row data-comparison, cell data-key): text}, and the ids of the h2 sections."""
-
-    def __init__(self):
-        super().__init__()
-        self.cells, self.ids, self.table, self.row, self.key, self.text = {}, [], None, None, None, ""
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "h2":
-            self.ids.append(a.get("id"))
-        if tag == "table":
-            self.table = a.get("id")
-        elif tag == "tr":
-            self.row = a.get("data-comparison")
-        elif tag == "td" and "data-key" in a:
-            self.key, self.text = a["data-key"], ""
-
-    def handle_data(self, data):
-        if self.key:
-            self.text += data
-
-    def handle_endtag(self, tag):
-        if tag == "td" and self.key:
-            self.cells[(self.table, self.row, self.key)] = self.text.strip()
-            self.key = None
-
-
 def test_page_shows_both_cross_pairs_side_by_side(two_pairs):
     cfg, plan, _, summary = two_pairs
     card = {"mppc": 0.9, "bin": "[0.9, 1]", **{side: {"layer": 0, "feature": 1, "fires": 3, "max": 1.0, "contexts": [
@@ -168,12 +141,15 @@ def test_page_shows_both_cross_pairs_side_by_side(two_pairs):
                               {"results": "results", "report": cfg["report"]})
     page = Cells()
     page.feed(text)
-    assert "pairs" in page.ids and {"cards-cross_arch", "cards-cross_arch_rwkv"} <= set(page.ids)
+    ids = set(re.findall(r'<h2 id="([^"]+)"', text))
+    assert {"pairs", "difference", "cards-cross_arch", "cards-cross_arch_rwkv"} <= ids
     for name, p in summary["pairs"].items():
         assert page.cells[("table-pairs", name, "mean")] == f"{p['sae']['forward']['mean']:.3f}"
-        assert page.cells[("table-pairs", name, "chance_null")] == p["sae"]["chance"]["null"]
+        assert page.cells[("table-pairs", name, "chance_mean")] == f"{p['sae']['chance']['mean']:.3f}"
         assert page.cells[("table-pairs", name, "neuron_mean")] == f"{p['neuron']['forward']['mean']:.3f}"
-        assert page.cells[("table-pairs", name, "neuron_null")] == p["neuron"]["chance"]["null"]
+        assert page.cells[("table-pairs", name, "neuron_null_mean")] == f"{p['neuron']['chance']['mean']:.3f}"
+        row = re.search(f'<tr data-comparison="{name}">(.*?)</tr>', text, re.S).group(1)
+        assert f"null {p['sae']['chance']['null']};" in row and f"(null {p['neuron']['chance']['null']})" in row
         assert page.cells[("table-pairs", name, "difference_mean")] == f"{p['difference']['mean']:+.3f}"
         row = f"{name}-{p['skyline']}"
         assert page.cells[("table-difference", row, "mean")] == f"{p['difference']['mean']:.3f}"

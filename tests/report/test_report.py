@@ -19,6 +19,7 @@ from universality.report import cards
 from universality.report import complexity
 from universality.report import page as report
 from universality.workflow.config import ConfigError, report_plan, validate
+from universality.workflow.judge import judge_plan
 from universality.workflow.sweep import sweep_entries
 from conftest import snakemake
 
@@ -340,6 +341,7 @@ def test_report_page_renders_in_headless_chromium(micro, tmp_path):
     n_images = len(plan["figures"]) + len(circuits["figures"])
     n_images += 1 if sweep_entries(validate(cfg)) else 0  # issue 19: the SAE-invariance sweep's figure
     n_images += 2  # issue 18: report_measures' two depth maps
+    n_images += 2 if judge_plan(validate(cfg))["sources"] else 0  # issue 17: the judge's Figs. 5a and 5b
     assert len(circuits["figures"]) >= 3 and 'id="circuits"' in (root / "report" / "index.html").read_text()
     assert_renders(root / "report" / "index.html", tmp_path, n_images)
     # the page references its figures relatively: a copied report folder still works
