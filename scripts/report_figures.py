@@ -36,10 +36,10 @@ def main(forward, backward, complexity, setup, summary, distributions, differenc
     store.write_json(summary, numbers)
 
     figures.distributions(tables, plan, comps, distributions)
-    if plan["difference"]:
-        cross, skyline = plan["difference"]
-        diff = report.paired_difference(tables[cross][0], tables[skyline][0])
-        figures.difference(diff, numbers["difference"], (cross, skyline), comps, difference)
+    if plan["differences"]:
+        panels = [(report.paired_difference(tables[d["cross"]][0], tables[d["skyline"]][0]), d)
+                  for d in numbers["differences"]]
+        figures.difference(panels, comps, difference)
     figures.depth(tables, plan, comps, layers, depth)
     figures.layer_groups(tables, plan, comps, layers, s["report"]["layer_groups"], layer_groups)
     figures.forward_reverse(tables, plan, comps, forward_reverse)

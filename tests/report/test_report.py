@@ -19,8 +19,8 @@ from universality.report import cards
 from universality.report import complexity
 from universality.report import page as report
 from universality.workflow.config import ConfigError, report_plan, validate
-from universality.workflow.sweep import sweep_entries
 from universality.workflow.judge import judge_plan
+from universality.workflow.sweep import sweep_entries
 from conftest import snakemake
 
 CHROMIUM = "/usr/bin/chromium"
@@ -170,14 +170,17 @@ def test_page_escapes_token_text():
 def test_report_plan_infers_roles_and_rejects_bad_keys(repo):
     cfg = yaml.safe_load((repo / "presets" / "micro.yaml").read_text())
     plan = report_plan(validate(cfg))
-    assert plan["difference"] == ["cross_arch", "model_seed"] and plan["cards"] == ["cross_arch"]
+    assert plan["differences"] == [["cross_arch", "model_seed"], ["cross_arch_rwkv", "model_seed"]]
+    assert plan["cards"] == ["cross_arch", "cross_arch_rwkv"]
     assert plan["chance"]["cross_arch"] == "cross_arch_null"
     assert plan["chance"]["neuron_baseline"] == "neuron_baseline_null"  # issue 18: the baseline's own null
     assert plan["chance"]["random_init"] == "cross_arch_null"  # no null of its own: the one with its A
-    assert plan["nulls"] == ["cross_arch_null", "neuron_baseline_null"] and plan["complexity"] == [["neox-s0", 0]]
+    assert plan["chance"]["cross_arch_rwkv"] == "cross_arch_rwkv_null"
+    assert plan["nulls"] == ["cross_arch_null", "neuron_baseline_null", "cross_arch_rwkv_null", "neuron_baseline_rwkv_null"]
+    assert plan["complexity"] == [["neox-s0", 0]]
     bad = copy.deepcopy(cfg)
     bad["report"] = {"difference": ["cross_arch", "neuron_baseline"]}
-    with pytest.raises(ConfigError, match="report.difference"):
+    with pytest.raises(ConfigError, match="report.difference: .* do not share A"):
         validate(bad)
     bad["report"] = {"cards": ["neuron_baseline"]}
     with pytest.raises(ConfigError, match=r"report.cards\[0\]"):
@@ -249,17 +252,21 @@ def test_report_numbers_are_recomputed_from_the_mppc_tables(micro):
     assert chance["mean"] == pytest.approx(null.mean()) and chance["p99"] == pytest.approx(null_p99)
     assert chance["share_above_p99"] == pytest.approx((forward > null_p99).mean())
     assert cells.cells[("table-summary", "cross_arch", "chance_mean")] == f3(null.mean())
-    # cross-architecture minus model seed, paired on the same features of A
-    x = pd.read_csv(root / "mppc" / "cross_arch.csv.gz").set_index(["layer", "feature"])["mppc"]
+    # each cross-architecture pair minus model seed, paired on the same features of A (issue 14: both pairs)
     y = pd.read_csv(root / "mppc" / "model_seed.csv.gz").set_index(["layer", "feature"])["mppc"]
-    d = (x - y.reindex(x.index)).dropna().to_numpy()
-    got = summary["difference"]
-    assert got["paired"] == len(d) and got["mean"] == pytest.approx(d.mean())
-    assert got["p5"] == pytest.approx(np.percentile(d, 5)) and got["p95"] == pytest.approx(np.percentile(d, 95))
-    assert got["share_near_zero"] == pytest.approx((np.abs(d) < 0.05).mean())
-    row = "cross_arch-model_seed"
-    assert [cells.cells[("table-difference", row, k)] for k in ("p5", "p95", "share_near_zero")] == \
-        [f3(np.percentile(d, 5)), f3(np.percentile(d, 95)), pct((np.abs(d) < 0.05).mean())]
+    assert [(g["cross"], g["skyline"]) for g in summary["differences"]] == [("cross_arch", "model_seed"),
+                                                                             ("cross_arch_rwkv", "model_seed")]
+    for got in summary["differences"]:
+        x = pd.read_csv(root / "mppc" / f"{got['cross']}.csv.gz").set_index(["layer", "feature"])["mppc"]
+        d = (x - y.reindex(x.index)).dropna().to_numpy()
+        assert got["paired"] == len(d) and got["mean"] == pytest.approx(d.mean())
+        assert got["p5"] == pytest.approx(np.percentile(d, 5)) and got["p95"] == pytest.approx(np.percentile(d, 95))
+        assert got["share_near_zero"] == pytest.approx((np.abs(d) < 0.05).mean())
+        assert summary["pairs"][got["cross"]]["difference"] == got
+        row = f"{got['cross']}-model_seed"
+        assert [cells.cells[("table-difference", row, k)] for k in ("p5", "p95", "share_near_zero")] == \
+            [f3(np.percentile(d, 5)), f3(np.percentile(d, 95)), pct((np.abs(d) < 0.05).mean())]
+        assert cells.cells[("table-pairs", got["cross"], "difference_mean")] == f"{d.mean():+.3f}"
     # complexity: Spearman correlation of MPPC with the token share, recomputed by ranks
     comp = pd.read_csv(root / "report" / "complexity" / "neox-s0" / "seed0.csv.gz")
     joined = comp.merge(pd.read_csv(root / "mppc" / "cross_arch.csv.gz"), on=["layer", "feature"]).dropna(
@@ -334,7 +341,7 @@ def test_report_page_renders_in_headless_chromium(micro, tmp_path):
     n_images = len(plan["figures"]) + len(circuits["figures"])
     n_images += 1 if sweep_entries(validate(cfg)) else 0  # issue 19: the SAE-invariance sweep's figure
     n_images += 2  # issue 18: report_measures' two depth maps
-    n_images += 2 if judge_plan(validate(cfg))["sources"] else 0  # issue 17: the judge's Fig. 5a / 5b
+    n_images += 2 if judge_plan(validate(cfg))["sources"] else 0  # issue 17: the judge's Figs. 5a and 5b
     assert len(circuits["figures"]) >= 3 and 'id="circuits"' in (root / "report" / "index.html").read_text()
     assert_renders(root / "report" / "index.html", tmp_path, n_images)
     # the page references its figures relatively: a copied report folder still works

@@ -56,13 +56,14 @@ def test_a_registered_architecture_is_planned_through_every_stage(repo, tmp_path
     jobs = planned_jobs(repo, configfile, tmp_path)
     toy = [(rule, w) for rule, w in jobs if w.get("model") == "toy-s0" or w.get("comparison", "").endswith("_toy")]
     rules = sorted({rule for rule, _ in toy})
-    assert rules == ["activations", "cka", "depth", "features", "matching", "mppc", "pearson_pair", "svcca_rsa",
-                     "train_model", "train_sae"], rules
+    assert rules == ["activations", "cka", "depth", "features", "matching", "mppc", "pearson_pair", "report_cards",
+                     "svcca_rsa", "train_model", "train_sae"], rules
     count = {r: sum(1 for rule, _ in toy if rule == r) for r in rules}
     # two sites; one SAE per layer; 2 x 2 layer pairs for each of the two new comparisons; the
-    # measures beside MPPC: depth and matching of both, CKA and SVCCA / RSA of the SAE one
+    # measures beside MPPC: depth and matching of both, CKA and SVCCA / RSA of the SAE one; the SAE
+    # one is a cross-architecture pair, so it gets its cards (issue 14: every cross pair)
     assert count == {"activations": 2, "features": 2, "mppc": 2, "pearson_pair": 8, "train_model": 1,
-                     "train_sae": 2, "depth": 2, "matching": 2, "cka": 1, "svcca_rsa": 1}, count
+                     "train_sae": 2, "depth": 2, "matching": 2, "cka": 1, "svcca_rsa": 1, "report_cards": 1}, count
     # the circuit rules take architectures by capability: nothing for an architecture without one
     assert not any(rule.startswith("circuits_") and w.get("model") == "toy-s0" for rule, w in jobs)
     assert any(rule == "circuits_ssm" for rule, _ in jobs)

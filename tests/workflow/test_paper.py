@@ -290,14 +290,17 @@ def test_paper_preset_plans_offline_with_the_papers_job_counts(repo, tmp_path):
     assert counts["activations"] == 4 * 2                   # one job per (model, site): all layers at once
     assert counts["train_sae"] == 12 + 12 + 24 + 12 + 12    # + the SAE-seed skyline on Pythia
     assert counts["features"] == counts["train_sae"]
-    assert counts["mppc"] == len(paper["comparisons"]) == 7  # + the neuron baseline's null (issue 18)
+    # + the neuron baseline's null (issue 18); + RWKV's neuron baseline and both its nulls (issue 14)
+    assert counts["mppc"] == len(paper["comparisons"]) == 10
     pairs = {}
     for comp, la, lb in re.findall(r"pearson/([\w.-]+)/A(\d+)_B(\d+)\.npz", out):
         pairs.setdefault(comp, set()).add((int(la), int(lb)))
     assert len(pairs["cross_arch"]) == 12 * 24 and len(pairs["neuron_baseline"]) == 12 * 24
     assert len(pairs["cross_arch_null"]) == len(pairs["neuron_baseline_null"]) == 12 * 24
     assert len(pairs["model_seed"]) == len(pairs["sae_seed"]) == len(pairs["cross_arch_rwkv"]) == 12 * 12
-    assert counts["pearson_pair"] == sum(map(len, pairs.values())) == 1296 + 288
+    assert len(pairs["neuron_baseline_rwkv"]) == len(pairs["cross_arch_rwkv_null"]) == 12 * 12
+    assert len(pairs["neuron_baseline_rwkv_null"]) == 12 * 12
+    assert counts["pearson_pair"] == sum(map(len, pairs.values())) == 4 * 288 + 6 * 144
     # Planning needs no weights and no network; on an idle core it takes ~5 s of CPU (README).
     # The bound is loose on purpose (shared CI machines) but catches e.g. loading checkpoints.
     assert cpu < 15, f"planning took {cpu:.1f} s of CPU"

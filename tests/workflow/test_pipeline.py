@@ -163,7 +163,8 @@ def test_micro_judge_scores(micro):
     for s in ("complexity", "monosemanticity"):
         assert t[s].between(1, 5).all() and t[f"{s}_argmax"].between(1, 5).all()
         assert (t[f"{s}_source"] == "next-token").all() and t[f"{s}_digit_mass"].between(0, 1).all()
-    assert set(src["comparisons"]) == {"cross_arch", "model_seed", "sae_seed"}
+    assert set(src["comparisons"]) == {"cross_arch", "cross_arch_rwkv", "model_seed", "sae_seed", "random_init"}
+    assert src["comparisons"]["random_init"]["role"] == "control"  # issue 14: untrained, not a skyline
     assert src["proxy"]["token_share"]["n"] == len(t)
     cache = work / cfg["results"] / "report" / "judge" / "cache" / summary["judge"] / src["model"] / f"seed{src['seed']}.jsonl"
     assert len(cache.read_text().splitlines()) == 2 * len(t)

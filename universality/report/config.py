@@ -15,8 +15,8 @@ __all__ = ["ReportConfig"]
 class ReportConfig:
     """Roles of the comparisons and the feature cards (see :mod:`universality.report`)."""
 
-    difference: tuple[str, str] | None = None  # [cross, skyline]; None = inferred
-    cards: tuple[str, ...] | None = None       # None = the cross comparison
+    difference: tuple | None = None            # [cross, skyline] or [[cross, skyline], ...]; None = inferred
+    cards: tuple[str, ...] | None = None       # None = every cross-architecture comparison
     card_bins: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 0.9, 1.0)
     cards_per_bin: int = 2
     top_k: int = 10

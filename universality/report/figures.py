@@ -101,23 +101,32 @@ def distributions(tables: dict, plan: dict, comps: dict, out: str) -> None:
     _save(fig, out)
 
 
-def difference(diff: pd.DataFrame, stats: dict, names: tuple[str, str], comps: dict, out: str) -> None:
-    """Fig. 3b: per-feature MPPC difference cross minus skyline, 5-95% interval and near-zero band."""
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    d = diff["difference"].to_numpy()
-    ax.axvspan(-report.NEAR_ZERO, report.NEAR_ZERO, color="tab:green", alpha=0.15,
-               label=f"|difference| < {report.NEAR_ZERO}: {100 * stats['share_near_zero']:.1f}% of features")
-    ax.hist(d, bins=60, density=True, color="tab:blue", alpha=0.8, label=f"{stats['paired']:,} features of A")
-    for q in ("p5", "p95"):
-        ax.axvline(stats[q], color="k", ls="--", lw=1)
-    ax.plot([], [], color="k", ls="--", lw=1,
-            label=f"5th\u201395th percentile: [{stats['p5']:.2f}, {stats['p95']:.2f}]")
-    ax.axvline(stats["mean"], color="tab:red", lw=1.2, label=f"mean {stats['mean']:+.3f}")
-    cross, skyline = names
-    ax.set(xlabel=f"MPPC({cross}) \u2212 MPPC({skyline}), same feature of {comps[cross]['a']}",
-           ylabel="density (per unit MPPC)",
-           title="Marginal effect of the architecture: cross-architecture minus model-seed MPPC")
-    ax.legend(loc="upper left", frameon=False)
+def difference(panels: list[tuple[pd.DataFrame, dict]], comps: dict, out: str) -> None:
+    """Figs. 3b and 11b: per-feature MPPC difference cross minus skyline, one panel per pair
+    (``panels``: ``[(paired table, stats)]``, stats with ``cross`` and ``skyline``), one shared
+    x range and bins so that the pairs read side by side; 5-95% interval and near-zero band."""
+    fig, axes = _panels(len(panels), width=6.2, height=4.2)
+    values = [diff["difference"].to_numpy() for diff, _ in panels]
+    lo = min([-report.NEAR_ZERO] + [float(v.min()) for v in values if len(v)])
+    hi = max([report.NEAR_ZERO] + [float(v.max()) for v in values if len(v)])
+    bins = np.linspace(lo, hi, 61)
+    for ax, d, (_, stats) in zip(axes, values, panels):
+        ax.axvspan(-report.NEAR_ZERO, report.NEAR_ZERO, color="tab:green", alpha=0.15,
+                   label=f"|difference| < {report.NEAR_ZERO}: {100 * stats['share_near_zero']:.1f}% of features")
+        ax.hist(d, bins=bins, density=True, color="tab:blue", alpha=0.8, label=f"{stats['paired']:,} features of A")
+        for q in ("p5", "p95"):
+            ax.axvline(stats[q], color="k", ls="--", lw=1)
+        ax.plot([], [], color="k", ls="--", lw=1,
+                label=f"5th\u201395th percentile: [{stats['p5']:.2f}, {stats['p95']:.2f}]")
+        ax.axvline(stats["mean"], color="tab:red", lw=1.2, label=f"mean {stats['mean']:+.3f}")
+        cross, skyline = stats["cross"], stats["skyline"]
+        ax.set(xlabel=f"MPPC({cross}) \u2212 MPPC({skyline}), same feature of {comps[cross]['a']}",
+               ylabel="density (per unit MPPC)", title=f"{comps[cross]['a']} \u2192 {comps[cross]['b']} ({cross})")
+        ax.set_xlim(lo, hi)
+        _headroom(ax, 1.6)
+        ax.legend(loc="upper left", frameon=False)
+    fig.suptitle("Marginal effect of the architecture: cross-architecture minus model-seed MPPC")
+    fig.tight_layout()
     _save(fig, out)
 
 

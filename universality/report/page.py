@@ -116,12 +116,11 @@ def summarize(config: dict, plan: dict, tables: dict, complexity: dict) -> dict:
         else:
             row["chance"] = None
         out["comparisons"][name] = row
-    if plan["difference"]:
-        cross, skyline = plan["difference"]
+    out["differences"] = []
+    for cross, skyline in plan["differences"]:
         diff = paired_difference(tables[cross][0], tables[skyline][0])
-        out["difference"] = {"cross": cross, "skyline": skyline, **difference_stats(diff["difference"])}
-    else:
-        out["difference"] = None
+        out["differences"].append({"cross": cross, "skyline": skyline, **difference_stats(diff["difference"])})
+    out["pairs"] = pair_summaries(plan, out)
     out["complexity"] = {}
     for source, table in complexity.items():
         model, seed = source.split("/")
@@ -130,6 +129,24 @@ def summarize(config: dict, plan: dict, tables: dict, complexity: dict) -> dict:
             if c["kind"] == "sae" and c["a"] == model and str(c["seed_a"]) == seed:
                 out["complexity"].setdefault(source, {})[name] = complexity_stats(
                     complexity_join(table, tables[name][0]))
+    return out
+
+
+def pair_summaries(plan: dict, summary: dict) -> dict:
+    """``{cross comparison: {"a", "b", "arch_b", "sae", "neuron", "skyline", "difference"}}``: each
+    cross-architecture pair's numbers side by side (``sae`` / ``neuron``: that comparison's
+    ``comparison`` name, ``forward``, ``reverse`` and ``chance`` from ``summary["comparisons"]``,
+    None without a neuron baseline; ``difference``: the first of ``summary["differences"]`` with
+    this cross comparison, else None)."""
+    rows = summary["comparisons"]
+    pick = lambda name: None if name is None else {"comparison": name, **{k: rows[name][k] for k in
+                                                                          ("forward", "reverse", "chance")}}
+    out = {}
+    for p in plan["pairs"]:
+        diffs = [d for d in summary["differences"] if d["cross"] == p["cross"]]
+        out[p["cross"]] = {"a": p["a"], "b": p["b"], "arch_b": p["arch_b"], "sae": pick(p["cross"]),
+                           "neuron": pick(p["neuron"]), "skyline": diffs[0]["skyline"] if diffs else p["skyline"],
+                           "difference": diffs[0] if diffs else None}
     return out
 
 
@@ -186,7 +203,7 @@ def render_page(summary: dict, plan: dict, figures: list[dict], cards: dict[str,
 #: Titles of the figures on the page (captions: report/captions/{name}.rst, shared with `--report`).
 FIGURE_TITLES = {
     "distributions": "MPPC distributions with the permutation null (paper Fig. 3a)",
-    "difference": "Per-feature MPPC difference, cross-architecture minus model seed (paper Fig. 3b)",
+    "difference": "Per-feature MPPC difference, each cross-architecture pair minus model seed (paper Figs. 3b, 11b)",
     "depth": "Depth specialisation in both directions (paper Figs. 3c and 10)",
     "layer_groups": "MPPC by layer group of A (paper Fig. 8)",
     "forward_reverse": "Forward vs reverse MPPC (paper Fig. 9)",

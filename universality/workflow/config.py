@@ -22,6 +22,7 @@ from universality.report.config import JudgeConfig, ReportConfig
 from universality.sae.config import SAESweepConfig, SAETrainConfig
 from universality.zoo.config import TrainingConfig
 from universality.models import registry
+from universality.workflow.roles import comparison_role, cross_pairs, inferred_differences, same_a
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
@@ -251,16 +252,25 @@ def as_param(obj: Any) -> str:
 # --- report (issue 5): which comparison plays which role in the report ---
 
 
-def _same_a(x: dict, y: dict) -> bool:
-    return (x["kind"], x["a"], x["seed_a"]) == (y["kind"], y["a"], y["seed_a"])
+def difference_pairs(value: list | None) -> list[list[str]] | None:
+    """``report.difference`` as a list of ``[cross, skyline]`` pairs: the single form
+    ``[cross, skyline]`` is one pair; None stays None (inferred)."""
+    if value is None:
+        return None
+    return [list(value)] if all(isinstance(v, str) for v in value) else [list(p) for p in value]
 
 
 def report_plan(config: dict) -> dict:
     """Roles of the comparisons in the report, from ``report`` keys or inferred from the config.
 
     Returns ``{"main": [names with shift 0], "nulls": [shift > 0], "chance": {main: null or None},
-    "difference": [cross, skyline] or None, "cards": [names], "complexity": [[model, seed], ...]}``.
-    A comparison's chance level is the null with its kind, A and B (else the first with its A).
+    "differences": [[cross, skyline], ...], "pairs": [cross pair, ...], "roles": {main: role},
+    "cards": [names], "complexity": [[model, seed], ...], "figures": [names]}``.
+    A comparison's chance level is the null with its kind, A and B (else the first with its A);
+    ``differences`` by default pairs every cross-architecture SAE comparison with the first
+    model-seed one of its A (untrained controls are never a skyline); ``pairs``
+    (:func:`universality.workflow.roles.cross_pairs`) groups each cross pair with its null, neuron
+    baseline and the baseline's null; cards default to every cross pair.
     """
     comps, r = config["comparisons"], config["report"]
     main = [k for k, c in comps.items() if c["shift"] == 0]
@@ -269,41 +279,39 @@ def report_plan(config: dict) -> dict:
     chance = {}
     for k in main:
         exact = [n for n in nulls if key(comps[n]) == key(comps[k])]
-        near = [n for n in nulls if _same_a(comps[n], comps[k])]
+        near = [n for n in nulls if same_a(comps[n], comps[k])]
         chance[k] = (exact + near + [None])[0]
-    difference = r["difference"]
-    if difference is None:
-        arch = lambda m: config["models"][m]["arch"]
-        sae = [k for k in main if comps[k]["kind"] == "sae"]
-        cross = [k for k in sae if arch(comps[k]["a"]) != arch(comps[k]["b"])]
-        for c in cross:
-            skyline = [k for k in sae if _same_a(comps[k], comps[c]) and comps[k]["b"] != comps[k]["a"]
-                       and arch(comps[k]["b"]) == arch(comps[k]["a"])]
-            if skyline:
-                difference = [c, skyline[0]]
-                break
+    differences = difference_pairs(r["difference"])
+    if differences is None:
+        differences = inferred_differences(config, main)
+    pairs = cross_pairs(config, main, chance, differences)
     cards = r["cards"]
     if cards is None:
         first_sae = [k for k in main if comps[k]["kind"] == "sae"][:1]
-        cards = [difference[0]] if difference else first_sae
+        cards = [p["cross"] for p in pairs] or [d[0] for d in differences] or first_sae
     complexity = sorted({(comps[k]["a"], comps[k]["seed_a"]) for k in main if comps[k]["kind"] == "sae"})
-    figures = ["distributions"] + (["difference"] if difference else []) + ["depth", "layer_groups",
-                                                                           "forward_reverse"]
+    figures = ["distributions"] + (["difference"] if differences else []) + ["depth", "layer_groups",
+                                                                            "forward_reverse"]
     figures += ["complexity"] if complexity else []
-    return {"main": main, "nulls": nulls, "chance": chance, "difference": difference,
-            "cards": list(cards), "complexity": [list(x) for x in complexity], "figures": figures}
+    return {"main": main, "nulls": nulls, "chance": chance, "differences": differences, "pairs": pairs,
+            "roles": {k: comparison_role(config, k) for k in main}, "cards": list(cards),
+            "complexity": [list(x) for x in complexity], "figures": figures}
 
 
 def _check_report(config: dict) -> None:
     comps, r = config["comparisons"], config["report"]
-    for i, name in enumerate(r["difference"] or []):
-        if name not in comps:
-            raise ConfigError(f"report.difference[{i}]: no comparison {name!r} in `comparisons`")
-        if comps[name]["shift"]:
-            raise ConfigError(f"report.difference[{i}]: {name!r} is a permutation null (shift > 0)")
-    if r["difference"] and not _same_a(*(comps[n] for n in r["difference"])):
-        raise ConfigError(f"report.difference: {r['difference']} do not share A (kind, a, seed_a), "
-                          "so their features cannot be paired")
+    for p, pair in enumerate(difference_pairs(r["difference"]) or []):
+        where = "report.difference" + (f"[{p}]" if not isinstance(r["difference"][0], str) else "")
+        if len(pair) != 2:
+            raise ConfigError(f"{where}: {pair} is not a pair [cross, skyline]")
+        for i, name in enumerate(pair):
+            if name not in comps:
+                raise ConfigError(f"{where}[{i}]: no comparison {name!r} in `comparisons`")
+            if comps[name]["shift"]:
+                raise ConfigError(f"{where}[{i}]: {name!r} is a permutation null (shift > 0)")
+        if not same_a(*(comps[n] for n in pair)):
+            raise ConfigError(f"{where}: {pair} do not share A (kind, a, seed_a), "
+                              "so their features cannot be paired")
     for i, name in enumerate(r["cards"] or []):
         if name not in comps:
             raise ConfigError(f"report.cards[{i}]: no comparison {name!r} in `comparisons`")

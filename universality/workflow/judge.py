@@ -6,17 +6,7 @@ rules in rules/report.smk (``judge_contexts``, ``judge_scores``, ``report_judge`
 from __future__ import annotations
 
 from universality.workflow.config import ConfigError, report_plan
-
-
-def comparison_role(config: dict, name: str) -> str:
-    """sae_seed (one model, two SAE seeds) | model_seed (same architecture) | cross_arch | other."""
-    c = config["comparisons"][name]
-    arch = lambda m: config["models"][m]["arch"]
-    if c["kind"] != "sae" or c["shift"]:
-        return "other"
-    if c["a"] == c["b"]:
-        return "sae_seed"
-    return "model_seed" if arch(c["a"]) == arch(c["b"]) else "cross_arch"
+from universality.workflow.roles import comparison_role
 
 
 def judge_plan(config: dict) -> dict:

@@ -13,7 +13,7 @@ from universality.report.judge.scores import LOW_MPPC
 from universality.report.judge.summary import with_mppc
 
 ROLE_TITLES = {"sae_seed": "SAE seed variant", "model_seed": "model seed variant", "cross_arch": "architecture variant",
-               "other": "comparison"}
+               "control": "untrained control", "other": "comparison"}
 
 
 def _boxes(ax, table: pd.DataFrame, score: str, mppc: pd.Series, share_low: bool = False) -> None:
