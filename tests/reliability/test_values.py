@@ -82,12 +82,13 @@ def test_results_under_the_repo_root_but_not_a_source_folder_pass(repo, monkeypa
 
 
 def test_small_corpus_gets_two_nonempty_splits(tmp_path):
-    """27 files at eval_fraction 0.1 may hash to no eval document: one is moved, deterministically."""
+    """27 files at a tiny eval_fraction hash to no eval document (chance 27e-9 per seed, whatever the
+    temporary path): one is moved, deterministically."""
     for i in range(27):
         (tmp_path / f"f{i}.txt").write_text(f"document {i} " * 20)
     for seed in range(6):
         c = {"source": "glob", "path": str(tmp_path / "*.txt"), "text_field": "text", "hf_split": "train",
-             "max_documents": None, "eval_fraction": 0.001, "seed": seed}
+             "max_documents": None, "eval_fraction": 1e-9, "seed": seed}
         out = tmp_path / f"docs{seed}.jsonl"
         info = corpus.write_documents(c, str(out), str(tmp_path / f"m{seed}.json"))
         assert info["documents"]["eval"] >= 1 and info["documents"]["train"] >= 1
