@@ -136,14 +136,20 @@ def parse_assume(items: list[str]) -> dict[str, float]:
     return out
 
 
-def attach_times(jobs: list[Job], workdir: str, assume: dict[str, float]) -> None:
-    """Fill ``cpu`` / ``wall`` / ``rss`` / ``source`` of every job (see the module docstring)."""
+def attach_times(jobs: list[Job], workdir: str, assume: dict[str, float],
+                 earlier: dict[str, Job] | None = None) -> None:
+    """Fill ``cpu`` / ``wall`` / ``rss`` / ``source`` of every job (see the module docstring);
+    ``earlier``: jobs of another run by key, whose times fill jobs without a record here."""
+    earlier = earlier or {}
     for j in jobs:
         rec = read_benchmark(os.path.join(workdir, j.benchmark)) if j.benchmark else None
         key = j.key.replace(", ", ",")
         if key in assume or j.rule in assume:
             j.cpu = j.wall = assume.get(key, assume.get(j.rule))
             j.source = "assumed"
+        elif rec is None and key in earlier:
+            e = earlier[key]
+            j.cpu, j.wall, j.rss, j.source = e.cpu, e.wall, e.rss, f"earlier {e.source}"
         elif rec is not None and "cpu_time" in rec:
             j.cpu, j.wall, j.rss = rec["cpu_time"], rec.get("s"), rec.get("max_rss")
             j.source = "benchmark"
@@ -153,7 +159,7 @@ def attach_times(jobs: list[Job], workdir: str, assume: dict[str, float]) -> Non
             j.source = "log-wall"
     by_rule: dict[str, list[float]] = {}
     for j in jobs:
-        if j.source in ("benchmark", "log-wall"):
+        if j.source in ("benchmark", "log-wall") or j.source.startswith("earlier"):
             by_rule.setdefault(j.rule, []).append(j.cpu)
     for j in jobs:
         if j.cpu is None:
@@ -290,11 +296,19 @@ def main(argv=None) -> None:
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--assume", action="append", default=[], metavar="RULE[:WILDCARDS]=SECONDS",
                    help="CPU seconds of jobs without a record (e.g. a model not trained yet)")
+    p.add_argument("--times-from", nargs=2, metavar=("LOG", "WORKDIR"),
+                   help="another run (its log and working directory) whose job times fill the jobs "
+                        "without a record (e.g. a dry run's DAG with a finished run's times)")
     args = p.parse_args(argv)
     jobs = parse_log(args.log)
     if not jobs:
         raise SystemExit(f"{args.log}: no jobs found (is it a Snakemake log or dry-run output?)")
-    attach_times(jobs, args.workdir, parse_assume(args.assume))
+    earlier = {}
+    if args.times_from:
+        before = parse_log(args.times_from[0])
+        attach_times(before, args.times_from[1], {})
+        earlier = {j.key.replace(", ", ","): j for j in before}
+    attach_times(jobs, args.workdir, parse_assume(args.assume), earlier)
     print(report(jobs, args.cores))
 
 

@@ -22,6 +22,8 @@ rule train_model:
     # One thread each: the toy models are too small for two threads to pay (their OpenMP barriers
     # cost more than they save on 2 cores), and the three trainings then run side by side.
     threads: 1
+    # The longest trainings first (rules/helpers/zoo.smk): the Mamba's no longer starts last.
+    priority: train_priority
     resources:
         mem_mb=6000,
     conda:
