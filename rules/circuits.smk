@@ -17,6 +17,8 @@ rule circuits_ssm:
         reference=circuit_reference,
     log:
         paths.log("circuits", "{model}"),
+    benchmark:
+        paths.benchmark("circuits_ssm", "model"),
     threads: 1  # measured: 2 threads on 2 shared cores ran 4x slower than 1 (small ops)
     resources:
         mem_mb=circuit_mem_mb,
@@ -41,6 +43,8 @@ rule circuits_heads:
         options=circuit_options(),
     log:
         paths.log("circuits", "{model}"),
+    benchmark:
+        paths.benchmark("circuits_heads", "model"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -58,6 +62,8 @@ rule circuits_summary:
         figures=circuit_figures(),
     log:
         paths.log("circuits", "summary"),
+    benchmark:
+        paths.benchmark("circuits_summary"),
     threads: 1
     resources:
         mem_mb=2000,

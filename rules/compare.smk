@@ -14,6 +14,8 @@ rule pearson_pair:
         options=comparison_params,
     log:
         paths.pearson_log("{comparison}", "{la}", "{lb}"),
+    benchmark:
+        paths.benchmark("pearson_pair", "comparison", "la", "lb"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -34,6 +36,8 @@ rule mppc:
         comparison=comparison_spec,
     log:
         paths.log("mppc", "{comparison}"),
+    benchmark:
+        paths.benchmark("mppc", "comparison"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -55,6 +59,8 @@ rule depth:
         coverage=config["measures"]["coverage"],
     log:
         paths.log("measures", "depth", "{comparison}"),
+    benchmark:
+        paths.benchmark("depth", "comparison"),
     threads: 1
     resources:
         mem_mb=1000,
@@ -76,6 +82,8 @@ rule matching:
         thresholds=as_param(config["measures"]["thresholds"]),
     log:
         paths.log("measures", "matching", "{comparison}"),
+    benchmark:
+        paths.benchmark("matching", "comparison"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -99,6 +107,8 @@ rule cka:
         comparison=one_of(CKA_COMPARISONS),
     log:
         paths.log("measures", "cka", "{comparison}"),
+    benchmark:
+        paths.benchmark("cka", "comparison"),
     threads: 1
     resources:
         mem_mb=3000,
@@ -123,6 +133,8 @@ rule svcca_rsa:
         comparison=one_of(MATCHED_COMPARISONS),
     log:
         paths.log("measures", "svcca_rsa", "{comparison}"),
+    benchmark:
+        paths.benchmark("svcca_rsa", "comparison"),
     threads: 1
     resources:
         mem_mb=3000,

@@ -12,6 +12,8 @@ rule documents:
         python=platform.python_version(),
     log:
         paths.log("documents"),
+    benchmark:
+        paths.benchmark("documents"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -30,6 +32,8 @@ rule tokenizer:
         tokenizer=tokenizer_param(),
     log:
         paths.log("tokenizer"),
+    benchmark:
+        paths.benchmark("tokenizer"),
     threads: 2
     resources:
         mem_mb=4000,
@@ -52,6 +56,8 @@ rule tokens:
         budget=token_budget_param,  # checked here, before any model is trained
     log:
         paths.log("tokens", "{split}"),
+    benchmark:
+        paths.benchmark("tokens", "split"),
     threads: 2
     resources:
         mem_mb=4000,
@@ -75,6 +81,8 @@ rule activations:
         backend=config["backend"],  # torch device of the forward (universality.core.device)
     log:
         paths.log("activations", "{model}", "{site}"),
+    benchmark:
+        paths.benchmark("activations", "model", "site"),
     threads: 2
     resources:
         mem_mb=6000,

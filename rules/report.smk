@@ -14,6 +14,8 @@ rule report_complexity:
         top_k=config["report"]["top_k"],
     log:
         paths.complexity_log("{model}", "{seed}"),
+    benchmark:
+        paths.benchmark("report_complexity", "model", "seed"),
     threads: 1
     resources:
         mem_mb=3000,
@@ -38,6 +40,8 @@ rule report_cards:
         options=as_param({k: config["report"][k] for k in CARD_OPTIONS}),
     log:
         paths.log("report", "cards", "{comparison}"),
+    benchmark:
+        paths.benchmark("report_cards", "comparison"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -59,6 +63,8 @@ rule report_figures:
         setup=report_setup(),
     log:
         paths.log("report", "figures"),
+    benchmark:
+        paths.benchmark("report_figures"),
     threads: 1
     resources:
         mem_mb=3000,
@@ -81,6 +87,8 @@ rule report_sae:
         setup=sae_report_setup(),
     log:
         paths.log("report", "sae"),
+    benchmark:
+        paths.benchmark("report_sae"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -108,6 +116,8 @@ rule report_page:
         setup=as_param({"plan": REPORT, "report": config["report"], "results": config["results"]}),
     log:
         paths.log("report", "page"),
+    benchmark:
+        paths.benchmark("report_page"),
     threads: 1
     resources:
         mem_mb=1000,
@@ -130,6 +140,8 @@ rule report_measures:
         setup=measures_setup(),
     log:
         paths.log("report", "measures"),
+    benchmark:
+        paths.benchmark("report_measures"),
     threads: 1
     resources:
         mem_mb=2000,

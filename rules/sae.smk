@@ -14,6 +14,8 @@ rule train_sae:
         backend=config["backend"],  # torch device of training, evaluation and CE loss
     log:
         paths.sae_log("train_sae", "{model}", "{site}", "{layer}", "{seed}"),
+    benchmark:
+        paths.benchmark("train_sae", "layer", "model", "seed", "site"),
     # One thread per SAE and two SAEs at once beat two threads per SAE on two cores.
     threads: 1
     resources:
@@ -36,6 +38,8 @@ rule features:
         backend=config["backend"],  # torch device of the encoder
     log:
         paths.sae_log("features", "{model}", "{site}", "{layer}", "{seed}"),
+    benchmark:
+        paths.benchmark("features", "layer", "model", "seed", "site"),
     threads: 1
     resources:
         mem_mb=3000,
@@ -69,6 +73,8 @@ rule train_sae_variant:
         backend=config["backend"],
     log:
         paths.sweep_log("train", "{variant}"),
+    benchmark:
+        paths.benchmark("train_sae_variant", "variant"),
     threads: 1
     resources:
         mem_mb=3000,
@@ -96,6 +102,8 @@ rule sweep_features:
         backend=config["backend"],
     log:
         paths.sweep_log("features", "{variant}"),
+    benchmark:
+        paths.benchmark("sweep_features", "variant"),
     threads: 1
     resources:
         mem_mb=3000,
@@ -120,6 +128,8 @@ rule sweep_pair:
         options=sweep_pair_options,
     log:
         paths.sweep_log("pearson", "{entry}"),
+    benchmark:
+        paths.benchmark("sweep_pair", "entry"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -142,6 +152,8 @@ rule sweep_mppc:
         comparison=sweep_comparison,
     log:
         paths.sweep_log("mppc", "{entry}"),
+    benchmark:
+        paths.benchmark("sweep_mppc", "entry"),
     threads: 1
     resources:
         mem_mb=2000,

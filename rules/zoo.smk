@@ -17,9 +17,13 @@ rule train_model:
         training=model_training_param,
     log:
         paths.log("train_model", "{model}"),
+    benchmark:
+        paths.benchmark("train_model", "model"),
     # One thread each: the toy models are too small for two threads to pay (their OpenMP barriers
     # cost more than they save on 2 cores), and the three trainings then run side by side.
     threads: 1
+    # The longest trainings first (rules/helpers/zoo.smk): the Mamba's no longer starts last.
+    priority: train_priority
     resources:
         mem_mb=6000,
     conda:
@@ -43,6 +47,8 @@ rule hub_model:
         max_eval_tokens=config["training"]["eval_tokens"],
     log:
         paths.log("hub_model", "{model}"),
+    benchmark:
+        paths.benchmark("hub_model", "model"),
     threads: 2
     resources:
         mem_mb=8000,

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from universality.compare import similarity
-from universality.sae.features import CSRStore, DenseEval
+from universality.sae.readers import CSRStore, DenseEval
 
 
 def _rng(seed: int, la: int, lb: int) -> np.random.Generator:

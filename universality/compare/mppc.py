@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from universality.compare import pearson
-from universality.sae.features import CSRStore, DenseEval
+from universality.sae.readers import CSRStore, DenseEval
 
 
 def open_source(path: str, kind: str):

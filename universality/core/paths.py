@@ -30,6 +30,13 @@ class ResultPaths:
         """``logs/{parts...}.log``: a rule's log, named after the rule and its wildcards."""
         return self("logs", *parts[:-1], f"{parts[-1]}.log")
 
+    def benchmark(self, rule: str, *wildcards: str) -> str:
+        """``benchmarks/{rule}/{w1}={{w1}},{w2}={{w2}}.tsv``: a job's Snakemake ``benchmark:`` record
+        (wall s, max RSS MiB, CPU s; read by ``benchmarks/job_times.py``). ``wildcards`` are the
+        rule's wildcard names; a rule without wildcards writes ``benchmarks/{rule}/job.tsv``."""
+        name = ",".join(f"{w}={{{w}}}" for w in sorted(wildcards)) or "job"
+        return self("benchmarks", rule, f"{name}.tsv")
+
     def sae_log(self, rule: str, model, site, layer, seed) -> str:
         """The log of a per-SAE job (train_sae, features)."""
         return self.log(rule, model, site, f"L{layer}", f"seed{seed}")

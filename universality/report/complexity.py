@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from universality.data.activations import token_rows
 from universality.data.corpus import TokenSet
-from universality.sae.features import CSRStore
+from universality.sae.readers import CSRStore
 
 
 def row_tokens(tokens_path: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, TokenSet]:

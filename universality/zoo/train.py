@@ -20,6 +20,7 @@ from tqdm import tqdm
 from universality.data import corpus
 from universality.models import registry as models
 from universality.core.device import device_of
+from universality.zoo.config import recipe_plan
 
 IGNORE = -100
 
@@ -100,15 +101,10 @@ def train(spec: dict, training: dict, train_tokens: corpus.TokenSet, max_len: in
     rng = np.random.default_rng(seed)
     config = models.build_config(spec, vocab, max_len, train_tokens.bos_id)
     model = models.build_model(config).train()
-    batch, n_synth = training["batch_size"], training["induction_rows"]
-    synth_len = min(training["induction_len"], max_len)
-    warm_len = min(training.get("induction_warmup_len") or synth_len, max_len)
-    warm_rows = training.get("induction_warmup_rows")
-    warm_rows = n_synth if warm_rows is None else warm_rows
-    warm = training["induction_warmup_steps"] if warm_rows else 0
-    warm_text = training.get("induction_warmup_text_rows") or 0
-    text_steps = max(1, math.ceil(spec["train_tokens"] / (batch * max_len)))
-    steps = warm + text_steps if spec["train_tokens"] > 0 else 0
+    plan = recipe_plan(spec, training, max_len)
+    batch, n_synth, synth_len = plan["batch"], plan["synth_rows"], plan["synth_len"]
+    warm, warm_rows, warm_len, warm_text = plan["warm"], plan["warm_rows"], plan["warm_len"], plan["warm_text"]
+    text_steps, steps = plan["text_steps"], plan["steps"]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
