@@ -27,7 +27,21 @@ def test_token_rows_reference(tmp_path):
 SPECS = {
     "gpt_neox": {"arch": "gpt_neox", "d_model": 16, "n_layers": 3, "n_heads": 2},
     "mamba": {"arch": "mamba", "d_model": 16, "n_layers": 3, "d_state": 4, "expand": 2, "d_conv": 4},
+    "rwkv": {"arch": "rwkv", "d_model": 16, "n_layers": 3, "d_mlp": 48},
 }
+
+
+def rwkv_reference_sites(model, ids):
+    """RWKV through transformers' modules: hidden_states[l] is block l's output; neurons by hand."""
+    hf = model.to_hf().train()                   # train mode: transformers' cache-free forward
+    out = hf(ids, output_hidden_states=True)
+    neuron = []
+    for l, block in enumerate(hf.rwkv.blocks):
+        h = block.pre_ln(hf.rwkv.embeddings(ids)) if l == 0 else out.hidden_states[l - 1]
+        x = block.ln2(h + block.attention(block.ln1(h))[0])
+        ffn = block.feed_forward
+        neuron.append(torch.relu(ffn.key(x * ffn.time_mix_key + ffn.time_shift(x) * (1 - ffn.time_mix_key))) ** 2)
+    return list(out.hidden_states[:3]), neuron
 
 
 def reference_sites(model, arch, ids):
@@ -45,6 +59,8 @@ def reference_sites(model, arch, ids):
                 h = block.mlp.dense_h_to_4h(block.post_attention_layernorm(out.hidden_states[l]))
                 neuron.append(block.mlp.act(h))
             return resid, neuron
+        if arch == "rwkv":
+            return rwkv_reference_sites(model, ids)
         hf = model.to_hf().eval()
         # transformers 5 Mamba: hidden_states[l] is the output of block l (no embeddings entry)
         out = hf(ids, output_hidden_states=True)
@@ -61,7 +77,7 @@ def reference_sites(model, arch, ids):
         return resid, neuron
 
 
-@pytest.mark.parametrize("arch", ["gpt_neox", "mamba"])
+@pytest.mark.parametrize("arch", ["gpt_neox", "mamba", "rwkv"])
 @pytest.mark.parametrize("site", ["resid", "neuron"])
 def test_collect_matches_independent_forward(tmp_path, arch, site):
     torch.manual_seed(0)

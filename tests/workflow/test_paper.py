@@ -18,7 +18,6 @@ import pytest
 import torch
 import yaml
 
-from universality.models.rwkv import HookedRwkv
 
 from universality.workflow import config as cfgmod
 from universality.zoo import hub
@@ -199,25 +198,23 @@ def test_rwkv_residual_stream_is_the_same_in_training_and_collection(offline_cac
     hub.materialise("r", spec_of("tiny-org/rwkv-tiny-pile"), out)
     ids = torch.randint(1, vocab, (2, 10), generator=torch.Generator().manual_seed(1))
     sites = [("resid", 0), ("resid", 1)]
-    # transformers' forward with hook sites (a copy: HookedRwkv wraps the blocks in place)
-    reference = HookedRwkv(copy.deepcopy(saved["tiny-org/rwkv-tiny-pile"]))
+    # transformers' forward (a copy: switching modes rescales its weights in place);
+    # hidden_states[l] is block l's output, after the eval-mode halving
+    reference = copy.deepcopy(saved["tiny-org/rwkv-tiny-pile"])
     with torch.no_grad():
-        reference.train()
-        with models.capture(reference, sites) as train_mode:
-            reference(ids)
-        reference.eval()
-        with models.capture(reference, sites) as eval_mode:  # transformers' rescaled forward
-            reference(ids)
+        train_mode = reference.train()(ids, output_hidden_states=True).hidden_states
+        eval_mode = reference.eval()(ids, output_hidden_states=True).hidden_states
         pipeline = models.load_model(out)
         with models.capture(pipeline, sites) as collected:
             pipeline(ids)
-    # rescale_every=1: blocks >= 1 run on halved weights and inputs, so their outputs are about
-    # halved (not exactly: the layer norms' epsilon is not scale-free).
+    # rescale_every=1: every block output is halved and blocks >= 1 also run on halved weights,
+    # so block 1's output is about a quarter (not exactly: the layer norms' epsilon is not
+    # scale-free).
     rel = lambda x, y: float((x - y).norm() / y.norm())
-    train1, eval1 = train_mode[("resid", 1)], eval_mode[("resid", 1)]
-    assert rel(eval1, train1) > 0.4 and rel(2 * eval1, train1) < 0.02
-    for key in sites:
-        torch.testing.assert_close(collected[key], train_mode[key], rtol=1e-4, atol=1e-5)
+    train1, eval1 = train_mode[1], eval_mode[1]
+    assert rel(eval1, train1) > 0.4 and rel(4 * eval1, train1) < 0.02
+    for site, layer in sites:
+        torch.testing.assert_close(collected[(site, layer)], train_mode[layer], rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_induction_losses_on_a_perfect_copier():
     assert out["first_copy"] == pytest.approx(math.log(50), abs=0.01)
 
 
-@pytest.mark.parametrize("arch", ["gpt_neox", "mamba"])
+@pytest.mark.parametrize("arch", ["gpt_neox", "mamba", "rwkv"])
 def test_training_is_deterministic_and_learns(arch):
     spec = {"arch": arch, "seed": 3, "d_model": 16, "n_layers": 2, "n_heads": 2, "d_state": 4,
             "expand": 2, "d_conv": 4, "train_tokens": 4 * 32 * 40}
@@ -97,7 +97,7 @@ def test_eval_loss_matches_reference():
     assert zoo.eval_loss(model, tokens, 32, 10_000, batch=2) == pytest.approx(np.mean(nll), rel=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["gpt_neox", "mamba"])
+@pytest.mark.parametrize("arch", ["gpt_neox", "mamba", "rwkv"])
 def test_eval_loss_windows_and_resid_patch(arch):
     torch.manual_seed(0)
     spec = {"arch": arch, "d_model": 16, "n_layers": 2, "n_heads": 2, "d_state": 4, "expand": 2, "d_conv": 4}

@@ -2,7 +2,7 @@
 
 One adapter per architecture (in the style of TransformerLens's architecture adapters), in its
 own module: ``models/gpt_neox.py`` (``NeoXLM``), ``models/mamba.py`` (``MambaLM``),
-``models/rwkv.py`` (``HookedRwkv``, transformers' forward with hook sites). An adapter says
+``models/rwkv.py`` (``RwkvLM``). An adapter says
 which ``models:`` keys a trained model needs, builds, loads and saves the model, names its hook
 sites and splits its forward into ``embed`` / ``run_blocks`` / ``unembed`` (what path patching
 runs from a later block). Nothing outside ``universality.models`` tests architecture names:
