@@ -226,3 +226,31 @@ def test_summary_names_key_layer_and_peaks(setting):
         assert s["kv_in_peak_position"][c] == min(kv, key=kv.get)
     text = wkv_paths.describe_rwkv({**s, "model": "toy"})
     assert f"key layer is {s['key_layer']}" in text and "Broader variant" in text
+
+
+def test_figures_report_tables_and_comparison_from_the_tables(setting, tmp_path):
+    from universality.circuits import figures, side_by_side
+    from universality.report.circuits import circuit_tables
+
+    _, effects, _ = setting
+    s = {**wkv_paths.summarise_rwkv(effects), "model": "toy"}
+    tables = []
+    for name, df in effects.tables().items():
+        path = tmp_path / "circuits" / "toy" / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(path, index=False)
+        tables.append(str(path))
+    made = circuit_tables({"primary": {"rwkv": "toy"}, "rwkv": {"toy": s}, "tables": tables}, str(tmp_path))
+    kv = [t for t in made if "key and value" in t["title"] and "[A][B']" in t["title"]]
+    assert len(kv) == 1 and [r[0] for r in kv[0]["rows"]] == list(POSITIONS)
+    row = _rows(effects, "kv_in", layer=s["key_layer"], position="B1", patched="kv", corruption=B_)
+    assert kv[0]["rows"][1][1].startswith(f"{row.logit_diff:+.2f} [")
+    state = [t for t in made if t["title"].startswith("toy: WKV state") and "[A][B']" in t["title"]]
+    assert state[0]["rows"][-1][0] == "full corruption"
+    figures.rwkv_state(effects.table("state"), "toy", tmp_path / "a.png")
+    figures.rwkv_kv_in(effects.table("kv_in"), s["key_layer"], "toy", tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "b.png").stat().st_size > 1000
+    (sentence,) = side_by_side.comparison(None, None, s)
+    k = s["key_layer"]
+    assert f"layer {k}" in sentence and f"{s['state_logit_diff_by_layer'][str(k)]:+.2f}" in sentence
+    assert f"at {s['kv_in_peak_position'][B_]}" in sentence and f"{s['corrupt_logit_diff']:+.2f}" in sentence
