@@ -210,9 +210,9 @@ def test_one_layer_model_corrupted_state_gives_the_corrupted_logits(corr):
     b = wkv_paths._Batch(model, p, slice(None))
     _, cache = b.corrupt(corr)
     first = p.a1 + (1 if corr == B_ else 0)
-    states = wkv_paths.kv_into_state(model, b.inputs[0], 0, cache, [first, first + 1])
-    full = b.run(0, tuple(cache[n] for n in wkv_paths.state_hook_names(0)))
-    assert (b.run(0, states, b.read) - b.logit).mean().item() == pytest.approx(row.corrupt_logit_diff, abs=1e-5)
+    read = wkv_paths.kv_read_state(model, 0, b.cache, cache, [first, first + 1])
+    full = b.run_all(0, tuple(cache[n] for n in wkv_paths.state_hook_names(0)))
+    assert (b.run_read(0, read) - b.logit).mean().item() == pytest.approx(row.corrupt_logit_diff, abs=1e-5)
     assert (full - b.logit).mean().item() == pytest.approx(row.corrupt_logit_diff, abs=1e-5)
 
 

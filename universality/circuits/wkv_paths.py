@@ -35,11 +35,11 @@ import torch
 
 from universality.circuits.effects import Effects
 from universality.circuits.induction import A_, B_, CORRUPTIONS, POSITIONS, Prompts, answer_logit, batches
-from universality.circuits.patching import Patch, capture_block, final_logits, patched_final_logits
+from universality.circuits.patching import Patch, final_logits, patched_final_logits
 from universality.models import registry
 from universality.models.rwkv import state_hook_names
 
-__all__ = ["EXACT", "BROADER", "KV_PARTS", "READ", "table_names", "kv_into_state", "rwkv_experiments",
+__all__ = ["EXACT", "BROADER", "KV_PARTS", "READ", "table_names", "kv_read_state", "rwkv_experiments",
            "summarise_rwkv", "describe_rwkv"]
 
 EXACT = ("state", "kv_in")
@@ -59,20 +59,31 @@ def _att(layer: int, hook: str) -> str:
     return f"blocks.{layer}.att.{hook}"
 
 
-@torch.no_grad()
-def kv_into_state(model, resid: torch.Tensor, layer: int, source: dict, positions, parts=KV_PARTS["kv"]) -> tuple:
-    """Layer ``layer``'s WKV states (num, den, max) [batch, pos, C] each when its k and/or v
-    (``parts``, hook names) at ``positions`` (an int or a list) take ``source``'s values
-    (``{site: [batch, pos, C]}``, e.g. a corrupted cache), on their path into the state only.
+def kv_read_state(model, layer: int, clean: dict, source: dict, positions, parts=KV_PARTS["kv"]) -> tuple:
+    """Layer ``layer``'s WKV state read at the last position (after T-2), (num, den, max) [batch, C]
+    each, when its k and/or v (``parts``, hook names) at ``positions`` (an int or a list, all
+    <= T-2) take ``source``'s values, on their path into the state only; ``clean`` and ``source``
+    map the layer's sites to [batch, pos, C] (caches of the clean and the corrupted run).
 
-    Runs block ``layer`` alone on its clean input ``resid`` [batch, pos, d_model] (block 0: the
-    embedding, not ``hook_resid_pre``, which follows block 0's pre_ln) with the k / v
-    patch and records the states its recurrence computes from them (the block's output, which the
-    patch also changes, is not used)."""
-    at = (slice(None), positions)
-    patches = [Patch(_att(layer, h), source[_att(layer, h)], at) for h in parts]
-    seen = capture_block(model, resid, layer, state_hook_names(layer), patches)
-    return tuple(seen[n] for n in state_hook_names(layer))
+    The real state is linear in the writes e^{k_i} v_i (module docstring of models.wkv), so the
+    change is a sum over the patched positions, each decayed by e^{(T-2-i) w}; computed in float64
+    in the max-normalised form with the new max, so that every exponent is <= 0."""
+    names = state_hook_names(layer)
+    num, den, mx = (clean[n][:, READ].double() for n in names)
+    w = -torch.exp(model.rwkv.blocks[layer].attention.time_decay.double())
+    k0, v0 = clean[_att(layer, "hook_key")].double(), clean[_att(layer, "hook_value")].double()
+    k1 = (source if "hook_key" in parts else clean)[_att(layer, "hook_key")].double()
+    v1 = (source if "hook_value" in parts else clean)[_att(layer, "hook_value")].double()
+    last = k0.shape[1] + READ
+    pos = [positions] if isinstance(positions, int) else list(positions)
+    lag = {i: (last - i) * w for i in pos}
+    new = torch.maximum(mx, torch.stack([lag[i] + k1[:, i] for i in pos]).amax(0))
+    num, den = num * torch.exp(mx - new), den * torch.exp(mx - new)
+    for i in pos:
+        e1, e0 = torch.exp(lag[i] + k1[:, i] - new), torch.exp(lag[i] + k0[:, i] - new)
+        num, den = num + e1 * v1[:, i] - e0 * v0[:, i], den + e1 - e0
+    dtype = clean[names[0]].dtype
+    return num.to(dtype), den.to(dtype), new.to(dtype)
 
 
 class _Batch:
@@ -83,13 +94,15 @@ class _Batch:
         device = next(model.parameters()).device
         self.ids, self.answer = p.clean[sl].to(device), p.answer[sl].to(device)
         self.sl, self.device = sl, device
-        self.names = [n for l in range(self.n) for n in (f"blocks.{l}.hook_resid_pre", _att(l, "hook_key"),
-                                                         _att(l, "hook_value"), *state_hook_names(l))]
+        self.names = [n for l in range(self.n) for n in (f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_resid_mid",
+                                                         _att(l, "hook_key"), _att(l, "hook_value"),
+                                                         *state_hook_names(l))]
         logits, self.cache = final_logits(model, self.ids, self.names)
         self.logit = answer_logit(logits, self.answer)
         self.read = self.ids.shape[1] + READ
         # Block l's input: block 0 applies pre_ln BEFORE its hook_resid_pre, so its input is the
-        # embedding (re-running block 0 from hook_resid_pre would normalise twice).
+        # embedding (re-running block 0 from hook_resid_pre would normalise twice; the two-position
+        # window of run_read re-runs pre_ln on the window, which is per position: exact).
         self.inputs = [registry.arch_of(model).embed(model, self.ids)]
         self.inputs += [self.cache[f"blocks.{l}.hook_resid_pre"] for l in range(1, self.n)]
 
@@ -98,14 +111,36 @@ class _Batch:
         logits, cache = final_logits(self.model, self.p.corrupt[corr][self.sl].to(self.device), self.names)
         return answer_logit(logits, self.answer), cache
 
-    def run(self, layer: int, states: tuple, index=None) -> torch.Tensor:
-        """B's logit when layer ``layer``'s states take ``states`` (three [b, pos, C]) at ``index``
-        along pos (None: every position), every later layer's states frozen clean; the blocks
-        before ``layer`` are not re-run (their clean outputs are cached)."""
-        at = None if index is None else (slice(None), index)
-        patches = [Patch(n, s, at) for n, s in zip(state_hook_names(layer), states)]
+    def run_all(self, layer: int, states: tuple) -> torch.Tensor:
+        """B's logit when layer ``layer``'s states at EVERY position take ``states`` (three
+        [b, pos, C]), every later layer's states frozen clean; the blocks before ``layer`` are not
+        re-run (their clean outputs are cached)."""
+        patches = [Patch(n, s) for n, s in zip(state_hook_names(layer), states)]
         patches += [Patch(n, self.cache[n]) for m in range(layer + 1, self.n) for n in state_hook_names(m)]
         out = patched_final_logits(self.model, None, patches, start=layer, resid=self.inputs[layer])
+        return answer_logit(out, self.answer)
+
+    def run_read(self, layer: int, read: tuple) -> torch.Tensor:
+        """B's logit when layer ``layer``'s state read at the last position is ``read`` (three
+        [b, C]), every other state of every layer clean.
+
+        Only the last position's activations change, and it reads the position before it through
+        the state and the token shifts. So blocks ``layer``.. run on the last two positions, with
+        position T-2 held at its clean values (block inputs, resid_mid, the states after T-2;
+        layer ``layer``'s state there replaced by ``read``): exact, and 2/pos of a full pass
+        (tested against the float64 loop)."""
+        win = (slice(None), slice(-2, None))
+        first = (slice(None), 0)
+        patches = []
+        for m in range(layer, self.n):
+            site = [f"blocks.{m}.hook_resid_mid"] + ([f"blocks.{m}.hook_resid_pre"] if m > layer else [])
+            patches += [Patch(n, self.cache[n][win], first) for n in site]
+            for n, r in zip(state_hook_names(m), read if m == layer else [None] * 3):
+                value = self.cache[n][win].clone()
+                if r is not None:
+                    value[:, 0] = r
+                patches.append(Patch(n, value, first))
+        out = patched_final_logits(self.model, None, patches, start=layer, resid=self.inputs[layer][win])
         return answer_logit(out, self.answer)
 
 
@@ -115,15 +150,16 @@ def _tables(b: _Batch, corr: str, effects: Effects, broader: bool, progress) -> 
     for layer in range(b.n):
         key = {"distance": d, "layer": layer, "corruption": corr}
         bad = tuple(cache[n] for n in state_hook_names(layer))
-        effects.add("state", key, b.logit, x_logit, b.run(layer, bad, b.read))
+        effects.add("state", key, b.logit, x_logit, b.run_read(layer, tuple(s[:, READ] for s in bad)))
         if broader:
-            effects.add("state_all_positions", key, b.logit, x_logit, b.run(layer, bad))
-        resid = b.inputs[layer]
+            effects.add("state_all_positions", key, b.logit, x_logit, b.run_all(layer, bad))
         for label, off in POSITIONS.items():
+            if a1 + off > b.read:       # a write after the read state cannot reach it
+                continue
             for part, hooks in KV_PARTS.items():
-                states = kv_into_state(b.model, resid, layer, cache, a1 + off, hooks)
+                read = kv_read_state(b.model, layer, b.cache, cache, a1 + off, hooks)
                 row = {"distance": d, "layer": layer, "position": label, "patched": part, "corruption": corr}
-                effects.add("kv_in", row, b.logit, x_logit, b.run(layer, states, b.read))
+                effects.add("kv_in", row, b.logit, x_logit, b.run_read(layer, read))
             if progress:
                 progress()
 
