@@ -212,7 +212,7 @@ def test_one_layer_model_corrupted_state_gives_the_corrupted_logits(corr):
     first = p.a1 + (1 if corr == B_ else 0)
     read = wkv_paths.kv_read_state(model, 0, b.cache, cache, [first, first + 1])
     full = b.run_all(0, tuple(cache[n] for n in wkv_paths.state_hook_names(0)))
-    assert (b.run_read(0, read) - b.logit).mean().item() == pytest.approx(row.corrupt_logit_diff, abs=1e-5)
+    assert (b.run_read(0, read)[0] - b.logit).mean().item() == pytest.approx(row.corrupt_logit_diff, abs=1e-5)
     assert (full - b.logit).mean().item() == pytest.approx(row.corrupt_logit_diff, abs=1e-5)
 
 

@@ -120,28 +120,32 @@ class _Batch:
         out = patched_final_logits(self.model, None, patches, start=layer, resid=self.inputs[layer])
         return answer_logit(out, self.answer)
 
-    def run_read(self, layer: int, read: tuple) -> torch.Tensor:
-        """B's logit when layer ``layer``'s state read at the last position is ``read`` (three
-        [b, C]), every other state of every layer clean.
+    def run_read(self, layer: int, *reads: tuple) -> list[torch.Tensor]:
+        """B's logit [b] for each ``read`` (three [b, C]): layer ``layer``'s state read at the
+        last position, every other state of every layer clean. The reads run as one batch.
 
         Only the last position's activations change, and it reads the position before it through
         the state and the token shifts. So blocks ``layer``.. run on the last two positions, with
         position T-2 held at its clean values (block inputs, resid_mid, the states after T-2;
         layer ``layer``'s state there replaced by ``read``): exact, and 2/pos of a full pass
         (tested against the float64 loop)."""
-        win = (slice(None), slice(-2, None))
+        copies = len(reads)
+
+        def win(t):
+            return t[:, -2:].repeat(copies, *([1] * (t.dim() - 1)))
+
         first = (slice(None), 0)
         patches = []
         for m in range(layer, self.n):
             site = [f"blocks.{m}.hook_resid_mid"] + ([f"blocks.{m}.hook_resid_pre"] if m > layer else [])
-            patches += [Patch(n, self.cache[n][win], first) for n in site]
-            for n, r in zip(state_hook_names(m), read if m == layer else [None] * 3):
-                value = self.cache[n][win].clone()
-                if r is not None:
-                    value[:, 0] = r
+            patches += [Patch(n, win(self.cache[n]), first) for n in site]
+            for i, n in enumerate(state_hook_names(m)):
+                value = win(self.cache[n])
+                if m == layer:
+                    value[:, 0] = torch.cat([r[i] for r in reads])
                 patches.append(Patch(n, value, first))
-        out = patched_final_logits(self.model, None, patches, start=layer, resid=self.inputs[layer][win])
-        return answer_logit(out, self.answer)
+        out = patched_final_logits(self.model, None, patches, start=layer, resid=win(self.inputs[layer]))
+        return list(answer_logit(out, self.answer.repeat(copies)).chunk(copies))
 
 
 def _tables(b: _Batch, corr: str, effects: Effects, broader: bool, progress) -> None:
@@ -150,18 +154,17 @@ def _tables(b: _Batch, corr: str, effects: Effects, broader: bool, progress) -> 
     for layer in range(b.n):
         key = {"distance": d, "layer": layer, "corruption": corr}
         bad = tuple(cache[n] for n in state_hook_names(layer))
-        effects.add("state", key, b.logit, x_logit, b.run_read(layer, tuple(s[:, READ] for s in bad)))
+        effects.add("state", key, b.logit, x_logit, b.run_read(layer, tuple(s[:, READ] for s in bad))[0])
         if broader:
             effects.add("state_all_positions", key, b.logit, x_logit, b.run_all(layer, bad))
-        for label, off in POSITIONS.items():
-            if a1 + off > b.read:       # a write after the read state cannot reach it
-                continue
-            for part, hooks in KV_PARTS.items():
-                read = kv_read_state(b.model, layer, b.cache, cache, a1 + off, hooks)
-                row = {"distance": d, "layer": layer, "position": label, "patched": part, "corruption": corr}
-                effects.add("kv_in", row, b.logit, x_logit, b.run_read(layer, read))
-            if progress:
-                progress()
+        rows = [({"distance": d, "layer": layer, "position": label, "patched": part, "corruption": corr},
+                 kv_read_state(b.model, layer, b.cache, cache, a1 + off, hooks))
+                for label, off in POSITIONS.items() if a1 + off <= b.read      # later writes miss the read state
+                for part, hooks in KV_PARTS.items()]
+        for (row, _), logit in zip(rows, b.run_read(layer, *(r for _, r in rows))):
+            effects.add("kv_in", row, b.logit, x_logit, logit)
+        if progress:
+            progress()
 
 
 @torch.no_grad()
