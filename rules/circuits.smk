@@ -1,5 +1,6 @@
 # Induction circuits (issues 6, 16; paper Sec. 6, App. G-H): Mamba path patching with the paper's
-# definitions (+ broader variants), IOI, GPT-NeoX heads and head -> head paths (universality/circuits).
+# definitions (+ broader variants), IOI, GPT-NeoX heads and head -> head paths, RWKV WKV-state paths
+# (issue 14; universality/circuits).
 include: "helpers/circuits.smk"
 
 
@@ -26,6 +27,28 @@ rule circuits_ssm:
         "../envs/core.yaml"
     script:
         "../scripts/circuits_ssm.py"
+
+
+rule circuits_wkv:
+    input:
+        model_dir=paths.model("{model}"),
+        tokenizer=paths.tokenizer(),
+    output:
+        tables=circuit_wkv_tables(),
+        summary=paths.circuit_summary("{model}"),
+    wildcard_constraints:
+        model=one_of(CIRCUIT_MODELS["wkv"]),
+    params:
+        options=circuit_options(),
+    log:
+        paths.log("circuits", "{model}"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/circuits_wkv.py"
 
 
 rule circuits_heads:

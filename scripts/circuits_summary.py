@@ -6,7 +6,7 @@ import pandas as pd
 
 from universality.circuits import figures as figs
 from universality.circuits import induction as circuits
-from universality.circuits import ssm_paths
+from universality.circuits import side_by_side, ssm_paths, wkv_paths
 from universality.core import store
 from universality.core.cli import entry
 from universality.core.paths import ResultPaths
@@ -24,7 +24,7 @@ def main(summaries, summary, figures):
         raise click.BadParameter(f"{summary} is not <results>/circuits/summary.json", param_hint="--summary")
     per_model = [store.read_json(p) for p in summaries.split()]
     # Grouped by the architecture's circuits capability (registry), keyed by architecture in
-    # summary.json: {"mamba": {model: ...}, "gpt_neox": {...}} for the built-in architectures.
+    # summary.json: {"mamba": {model: ...}, "gpt_neox": {...}, "rwkv": {...}} for the built-in architectures.
     by_kind = {kind: [s for s in per_model if registry.get(s["arch"]).circuits == kind] for kind in CIRCUIT_KINDS}
     archs = [a.name for kind in CIRCUIT_KINDS for a in registry.ARCHITECTURES.values() if a.circuits == kind]
     by_arch = {arch: {} for arch in archs}
@@ -61,6 +61,17 @@ def main(summaries, summary, figures):
         with store.atomic_output(out(paths.circuit_figure(s["model"], "head_paths"))) as tmp:
             figs.head_paths(head_paths, s["model"], tmp)
         captions[written[-1]] = f"{s['model']}: path patching from sender heads into the induction heads' q / k / v"
+    for s in by_kind["wkv"]:
+        names = wkv_paths.table_names(s["options"]["broader_variants"])
+        t = {n: pd.read_csv(paths.circuit_table(s["model"], n)) for n in names}
+        tables += [paths.circuit_table(s["model"], n) for n in names]
+        with store.atomic_output(out(paths.circuit_figure(s["model"], "wkv_state"))) as tmp:
+            figs.rwkv_state(t["state"], s["model"], tmp)
+        captions[written[-1]] = f"{s['model']}: WKV state read at the final [A] patched per layer and distance"
+        with store.atomic_output(out(paths.circuit_figure(s["model"], "wkv_kv_in"))) as tmp:
+            figs.rwkv_kv_in(t["kv_in"], s["key_layer"], s["model"], tmp)
+        captions[written[-1]] = (f"{s['model']}: k / v at one position of the key layer, into the WKV state only, "
+                                 "per distance (both corruptions) and k vs v")
     first = {kind: (ss[0] if ss else None) for kind, ss in by_kind.items()}
     with store.atomic_output(out(paths.induction_figure())) as tmp:
         figs.induction_circuits(first["ssm"], first["heads"], tmp)
@@ -69,10 +80,12 @@ def main(summaries, summary, figures):
         raise click.ClickException(f"figures written {sorted(written)} != figures declared {sorted(figures.split())}")
     findings = [circuits.describe_mamba(s) for s in by_kind["ssm"]]
     findings += [circuits.describe_neox(s) for s in by_kind["heads"]]
+    findings += [wkv_paths.describe_rwkv(s) for s in by_kind["wkv"]]
     info = {
         "primary": {arch: next(iter(ms), None) for arch, ms in by_arch.items()},
         **by_arch,
         "findings": findings,
+        "comparison": side_by_side.comparison(first["ssm"], first["heads"], first["wkv"]),
         "figures": [{"path": p, "caption": captions[p]} for p in written],
         "tables": tables,
     }

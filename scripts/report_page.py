@@ -45,7 +45,7 @@ def main(summary, figures, captions, cards, circuits, sae, sae_figure, measures,
         rel = lambda p: Path(os.path.relpath(Path(p).resolve(), here)).as_posix()
         # Inlined (data URIs): a copied report folder keeps them, though they live in circuits/.
         inline = lambda p: "data:image/png;base64," + base64.b64encode(Path(p).read_bytes()).decode()
-        circ = {"findings": c["findings"],
+        circ = {"findings": c["findings"], "comparison": c.get("comparison", []),
                 "figures": [{"src": inline(f["path"]), "caption": f["caption"]} for f in c["figures"]],
                 "tables": [{**t, "src": rel(ResultPaths(s["results"])(t["src"]))}
                            for t in report.circuit_tables(c, s["results"])]}

@@ -1,8 +1,9 @@
 # Helpers of rules/circuits.smk (circuits_ssm, circuits_heads, circuits_summary).
+from universality.circuits import wkv_paths
 from universality.circuits.ssm_paths import table_names
 from universality.workflow.config import circuit_models
 
-CIRCUIT_MODELS = circuit_models(config)  # {"ssm": [...], "heads": [...]}: models by circuits capability (registry)
+CIRCUIT_MODELS = circuit_models(config)  # {"ssm": [...], "heads": [...], "wkv": [...]}: models by circuits capability (registry)
 
 
 def circuit_reference(wildcards):
@@ -25,6 +26,11 @@ def circuit_ssm_tables():
     return [paths.circuit_table("{model}", n) for n in names]
 
 
+def circuit_wkv_tables():
+    """The CSVs of circuits_wkv, in ``wkv_paths.table_names`` order (the script writes them so)."""
+    return [paths.circuit_table("{model}", n) for n in wkv_paths.table_names(config["circuits"]["broader_variants"])]
+
+
 def circuit_mem_mb(wildcards):
     """Memory of a circuits_ssm job: the SSM states of every layer for a clean and a corrupted
     batch (float32 [batch, pos, expand * d_model, d_state]; hub specs default to expand 2, d_state
@@ -44,6 +50,7 @@ def circuit_figures():
     figures = [paths.circuit_figure(m, stem) for m in CIRCUIT_MODELS["ssm"]
                for stem in ("state_patching", "off_by_one", "ioi")]
     figures += [paths.circuit_figure(m, stem) for m in CIRCUIT_MODELS["heads"] for stem in ("heads", "head_paths")]
+    figures += [paths.circuit_figure(m, stem) for m in CIRCUIT_MODELS["wkv"] for stem in ("wkv_state", "wkv_kv_in")]
     return figures + [paths.induction_figure()]
 
 

@@ -283,10 +283,13 @@ def test_instrumented_models_load_tiny_hub_layout_checkpoints(tmp_path):
             assert (ours(x) - hf(x).logits).abs().max().item() <= 1e-4
     from transformers import RwkvConfig, RwkvForCausalLM
 
+    from universality.models.rwkv import RwkvLM
+
     RwkvForCausalLM(RwkvConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
                                attention_hidden_size=16, intermediate_size=32)).save_pretrained(str(tmp_path / "rwkv"))
-    assert registry.load_model(tmp_path / "rwkv").config.model_type == "rwkv"
-    assert registry.get("rwkv").circuits is None        # no instrumented forward for circuits
+    rwkv = registry.load_model(tmp_path / "rwkv")
+    assert rwkv.config.model_type == "rwkv" and isinstance(rwkv, RwkvLM)
+    assert registry.get("rwkv").circuits == "wkv"       # WKV-state path patching (circuits.wkv_paths)
 
 
 # ------------------------------------------------------------------------------------- rules

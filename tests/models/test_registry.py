@@ -188,7 +188,7 @@ def test_workflow_config_accepts_any_registered_architecture(toy_arch):
 
     base = {"models": {"t": {"arch": "toy_neox", "d_model": 16, "n_layers": 2, "n_heads": 2}}}
     cfg = validate(base)
-    assert circuit_models(cfg) == {"ssm": [], "heads": []}
+    assert circuit_models(cfg) == {"ssm": [], "heads": [], "wkv": []}
     bad = copy.deepcopy(base)
     bad["models"]["t"]["arch"] = "toy_neox_nope"
     with pytest.raises(ConfigError, match=r"models\.t\.arch: 'toy_neox_nope' is not one of .*toy_neox"):

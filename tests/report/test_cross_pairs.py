@@ -175,14 +175,15 @@ def test_difference_figure_has_one_panel_per_pair(two_pairs, tmp_path, monkeypat
     assert len(drawn["xlims"]) == 1  # one shared axis: the pairs read side by side
 
 
-def test_rwkv_is_skipped_by_circuits_cleanly(micro_cfg):
-    """No circuits capability for RWKV yet: the default selection leaves it out, naming it is an error."""
+def test_rwkv_gets_the_wkv_circuits(micro_cfg):
+    """RWKV's circuits capability is "wkv" (circuits_wkv): the default selection and an explicit
+    list both plan it there, and only there."""
     from universality.workflow.config import circuit_models
 
     cfg = copy.deepcopy(micro_cfg)
     cfg["circuits"]["models"] = None
     planned = circuit_models(validate(cfg))
-    assert "rwkv-s0" not in planned["ssm"] + planned["heads"] and planned["ssm"] == ["mamba-s0"]
+    assert planned["wkv"] == ["rwkv-s0"] and planned["ssm"] == ["mamba-s0"]
+    assert "rwkv-s0" not in planned["ssm"] + planned["heads"]
     cfg["circuits"]["models"] = ["neox-s0", "rwkv-s0"]
-    with pytest.raises(ConfigError, match=r"circuits.models\[1\]: 'rwkv-s0' is rwkv"):
-        validate(cfg)
+    assert circuit_models(validate(cfg)) == {"ssm": [], "heads": ["neox-s0"], "wkv": ["rwkv-s0"]}

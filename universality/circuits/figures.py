@@ -16,12 +16,13 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
 from universality.circuits.induction import POSITIONS  # noqa: E402
 
-__all__ = ["mamba_state", "mamba_offbyone", "mamba_ioi", "neox_heads", "head_paths", "induction_circuits",
+__all__ = ["mamba_state", "mamba_offbyone", "rwkv_state", "rwkv_kv_in", "WKV_FIGURES", "mamba_ioi", "neox_heads", "head_paths", "induction_circuits",
            "MAMBA_FIGURES", "NEOX_FIGURES"]
 
 #: Figure file stems written per model (``circuits/{model}/{stem}.png``).
 MAMBA_FIGURES = ("state_patching", "off_by_one", "ioi")
 NEOX_FIGURES = ("heads", "head_paths")
+WKV_FIGURES = ("wkv_state", "wkv_kv_in")
 DELTA = "Δ logit of B (patched − clean)"
 A_, B_ = "A'", "B'"   # the two corruptions: [A'][B]...[A] and [A][B']...[A]
 
@@ -48,14 +49,46 @@ def _heatmap(ax, data: np.ndarray, rows, cols, title, xlabel, ylabel, fmt="{:.2f
 def mamba_state(state: pd.DataFrame, model: str, path) -> None:
     """Heat map layer x distance (the paper's Table 1 transposed): layer l's SSM state at the final
     [A] patched from [A][B']...[A], other layers' states frozen clean."""
+    _layer_distance(state, f"{model}: SSM state h at the final [A] from [A][B']…[A],\nother layers' states frozen "
+                    "clean (paper Table 1)", path)
+
+
+def rwkv_state(state: pd.DataFrame, model: str, path) -> None:
+    """Heat map layer x distance: layer l's WKV state read at the final [A] patched from
+    [A][B']...[A], other layers' states frozen clean (``wkv_paths`` ``state``)."""
+    _layer_distance(state, f"{model}: WKV state (num, den, max) read at the final [A] from [A][B']…[A],\n"
+                    "other layers' states frozen clean (Table 1's definition, carried to RWKV)", path)
+
+
+def rwkv_kv_in(kv_in: pd.DataFrame, key: int, model: str, path) -> None:
+    """Position x distance at the key layer: k and v together at one position, into the WKV state
+    only, one panel per corruption; a third panel splits k and v (B', mean over distances)."""
+    part = kv_in[(kv_in.layer == key)]
+    order = [p for p in POSITIONS if p in set(part.position)]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    for ax, corr in zip(axes, (B_, A_)):
+        sub = part[(part.corruption == corr) & (part.patched == "kv")]
+        t = sub.pivot_table(index="position", columns="distance", values="logit_diff").loc[order]
+        prompt = "[A][B']…[A]" if corr == B_ else "[A'][B]…[A]"
+        _heatmap(ax, t.to_numpy(), order, t.columns, f"{model}: k and v at one position of L{key},\n"
+                 f"into the WKV state only, from {prompt}", "distance A1→A2 (tokens)", "patched position")
+    sub = part[part.corruption == B_].pivot_table(index="position", columns="patched", values="logit_diff")
+    sub = sub.loc[order, ["kv", "k", "v"]]
+    _heatmap(axes[2], sub.to_numpy(), order, sub.columns, f"k / v alone at L{key}, [A][B']…[A]\n(mean over distances)",
+             "patched", "patched position")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, format="png")
+    plt.close(fig)
+
+
+def _layer_distance(state: pd.DataFrame, title: str, path) -> None:
+    """Layer x distance heat map of a state table's B' rows, with the full corruption per distance."""
     state = state[state.corruption == B_]
     pivot = state.pivot_table(index="layer", columns="distance", values="logit_diff")
     full = state.groupby("distance")["corrupt_logit_diff"].first()
     fig, ax = plt.subplots(figsize=(0.9 * pivot.shape[1] + 4, 0.32 * pivot.shape[0] + 2.4))
     _heatmap(ax, pivot.to_numpy(), [f"L{l}" for l in pivot.index],
-             [f"{d}\n(full {full[d]:+.2f})" for d in pivot.columns],
-             f"{model}: SSM state h at the final [A] from [A][B']…[A],\nother layers' states frozen clean "
-             "(paper Table 1)", "distance A1→A2 (tokens)", "layer")
+             [f"{d}\n(full {full[d]:+.2f})" for d in pivot.columns], title, "distance A1→A2 (tokens)", "layer")
     fig.tight_layout()
     fig.savefig(path, dpi=130, format="png")
     plt.close(fig)

@@ -287,12 +287,11 @@ def wkv_state_patch(layer: int, source: dict, positions, rows=None) -> dict:
 
 
 class Rwkv(Architecture):
-    """RWKV-4: one forward (``RwkvLM``) for training, activations and CE loss.
-
-    ``circuits`` stays None until an RWKV circuit experiment exists (the state hooks are there).
-    """
+    """RWKV-4: one forward (``RwkvLM``) for training, activations and CE loss; circuits "wkv"
+    (WKV-state path patching, :mod:`universality.circuits.wkv_paths`)."""
 
     name = "rwkv"
+    circuits = "wkv"
     neuron_hooks = ("blocks.{l}.ffn.hook_post",)
 
     def build_config(self, spec: dict, vocab_size: int, max_len: int, bos_id: int):

@@ -5,7 +5,8 @@ Mamba SSM-state patching as layer x distance (Table 1), c at the key layer and x
 as position x distance (Tables 2-4), each cell "mean [95% bootstrap interval]", with the paper's
 Mamba-130m number in a column beside ours when the model is the paper's checkpoint
 (``paper_reference``); the broader variants as means; IOI per position at the peak layer; GPT-NeoX
-head scores and the sender -> induction-head path table.
+head scores and the sender -> induction-head path table; RWKV's WKV-state and k / v tables
+(``circuits.wkv_paths``) laid out as the Mamba's.
 """
 from __future__ import annotations
 
@@ -98,6 +99,36 @@ def _mamba(name: str, df: pd.DataFrame, s: dict) -> list[dict]:
     return out
 
 
+def _rwkv(name: str, df: pd.DataFrame, s: dict) -> list[dict]:
+    """RWKV (``wkv_paths``): the read WKV state per layer x distance, k / v at the key layer per
+    position x distance, the all-positions variant as means."""
+    model, key, out = s["model"], s["key_layer"], []
+    if name == "state":
+        for corr, part in df.groupby("corruption", sort=False):
+            cols, rows = _grid(part, "layer", lambda l: f"L{l}", None)
+            full = part.groupby("distance")["corrupt_logit_diff"].first()
+            rows.append(["full corruption"] + [f"{full[d]:+.2f}" for d in full.index])
+            out.append({"title": f"{model}: WKV state (num, den, max) of one layer read at the final [A], from "
+                                 f"{_PROMPT[corr]}, other layers' states frozen (Table 1's definition carried to "
+                                 "RWKV; change of B's logit)", "columns": cols, "rows": rows})
+    elif name == "kv_in":
+        positions = ["A1", "B1", "B1+1", "B1+2", "B1+3"]
+        for (corr, part_name), part in df[df.layer == key].groupby(["corruption", "patched"], sort=False):
+            order = [p for p in positions if p in set(part.position)]
+            cols, rows = _grid(part, "position", str, None, order)
+            what = {"kv": "key and value", "k": "key alone", "v": "value alone"}[part_name]
+            out.append({"title": f"{model}: {what} at one position of the key layer L{key}, into the WKV state only, "
+                                 f"from {_PROMPT[corr]} (the analogue of Mamba's c, paper Table 2)",
+                        "columns": cols, "rows": rows})
+    elif name == "state_all_positions":
+        t = df[df.corruption == "B'"].pivot_table(index="layer", columns="distance", values="logit_diff")
+        out.append({"title": f"{model}: broader variant, WKV states at EVERY position of one layer ([A][B']...[A]; "
+                             "means, intervals in the CSV)",
+                    "columns": ["layer"] + [f"d={d}" for d in t.columns],
+                    "rows": [[str(i)] + [float(v) for v in t.loc[i]] for i in t.index]})
+    return out
+
+
 def _neox(name: str, df: pd.DataFrame, s: dict) -> list[dict]:
     model = s["model"]
     if name == "head_scores":
@@ -129,7 +160,8 @@ def circuit_tables(summary: dict, results: str) -> list[dict]:
         if s is None:
             continue
         df = pd.read_csv(path)
-        made = _mamba(name, df, s) if "key_layer" in s else _neox(name, df, s)
+        made = (_rwkv(name, df, s) if "kv_in" in s else _mamba(name, df, s) if "key_layer" in s
+                else _neox(name, df, s))
         for t in made:
             t["src"] = os.path.relpath(path, results)
         out += made

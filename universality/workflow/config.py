@@ -324,8 +324,9 @@ def _check_report(config: dict) -> None:
 
 # --- circuits (issue 6): which models are analysed, and whether the prompts fit ---
 #: The circuit experiments, by the ``circuits`` capability of an architecture's adapter
-#: ("ssm": Mamba state paths, rules circuits_ssm; "heads": attention heads, circuits_heads).
-CIRCUIT_KINDS = ("ssm", "heads")
+#: ("ssm": Mamba state paths, rules circuits_ssm; "heads": attention heads, circuits_heads;
+#: "wkv": RWKV WKV-state paths, circuits_wkv).
+CIRCUIT_KINDS = ("ssm", "heads", "wkv")
 
 
 def _circuits_of(config: dict, model: str) -> str | None:
@@ -333,7 +334,7 @@ def _circuits_of(config: dict, model: str) -> str | None:
 
 
 def circuit_models(config: dict) -> dict[str, list[str]]:
-    """``{"ssm": [...], "heads": [...]}``: the models each circuit rule analyses."""
+    """``{"ssm": [...], "heads": [...], "wkv": [...]}``: the models each circuit rule analyses."""
     names = config["circuits"]["models"]
     if names is None:
         names = [m for m in config["models"] if _circuits_of(config, m)]
