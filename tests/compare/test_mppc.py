@@ -29,6 +29,7 @@ def make_acts(path, n_sae, n_eval, d, seed):
     arr = store.create_array(path, (n_sae + n_eval, d), "float32", chunk_rows=64,
                              attrs={"segments": {"sae": [0, n_sae], "eval": [n_sae, n_sae + n_eval]}})
     arr[:] = rng.normal(size=(n_sae + n_eval, d)).astype(np.float32)
+    store.seal(path)  # as the activations rule writes it
     return arr
 
 
