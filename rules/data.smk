@@ -49,7 +49,6 @@ rule tokens:
     params:
         max_len=config["tokenizer"]["max_len"],
         doc_mode=config["tokenizer"]["documents"],  # split | truncate (paper App. A.1)
-        budget=token_budget_param,  # checked here, before any model is trained
     log:
         paths.log("tokens", "{split}"),
     threads: 2
@@ -59,6 +58,29 @@ rule tokens:
         "../envs/core.yaml"
     script:
         "../scripts/tokens.py"
+
+
+rule token_budget:
+    # Every token budget of the config against the token sets, before any model is trained (the
+    # models take its record as input). Its own rule, not a param of `tokens`: a budget change
+    # would rerun `tokens` and so retrain every model; here it reruns only this check, whose
+    # record holds no budget values (unchanged -> nothing downstream reruns).
+    input:
+        train_manifest=paths.tokens_manifest("train"),
+        eval_manifest=paths.tokens_manifest("eval"),
+    output:
+        out=paths.token_budget(),
+    params:
+        budget=token_budget_param,
+    log:
+        paths.log("token_budget"),
+    threads: 1
+    resources:
+        mem_mb=500,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/token_budget.py"
 
 
 rule activations:

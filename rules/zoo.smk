@@ -4,6 +4,7 @@ include: "helpers/zoo.smk"
 
 rule train_model:
     input:
+        budget=paths.token_budget(),  # every token budget checked before any model trains
         train_tokens=paths.tokens("train"),
         eval_tokens=paths.tokens("eval"),
         tokenizer=paths.tokenizer(),
@@ -32,6 +33,7 @@ rule hub_model:
     # A hub checkpoint (source: hub) from the local Hugging Face cache at its pinned revision,
     # re-saved as float32 safetensors; nothing is downloaded unless UNIVERSALITY_HUB_DOWNLOAD=1.
     input:
+        budget=paths.token_budget(),
         eval_tokens=paths.tokens("eval"),
     output:
         out=directory(paths.model("{model}")),

@@ -125,8 +125,13 @@ def test_seal_command_for_a_hand_made_store(work):
 # ---- pair files ---------------------------------------------------------------------------------
 @pytest.fixture
 def pairs(work, tmp_path):
-    """Pair files A{0,1}_B0 of the pristine feature store against itself (two 'layers' of A)."""
-    shutil.copytree(work / "f.zarr", work / "f1.zarr")
+    """Pair files A{0,1}_B0: the pristine feature store and one of other activations against the
+    pristine store (layers 0 and 1 of A)."""
+    from universality.sae import features
+    from tests.reliability.conftest import write_acts
+    arr = store.open_array(work / "L0.zarr")
+    write_acts(work / "L1.zarr", np.asarray(arr[:], np.float32)[::-1].copy(), attrs=dict(arr.attrs))
+    features.encode(str(work / "sae"), str(work / "L1.zarr"), str(work / "f1.zarr"), chunk_rows=300)
     out = tmp_path / "pearson"
     for la, path in ((0, "f.zarr"), (1, "f1.zarr")):
         mppc.pair(str(work / path), str(work / "f.zarr"), "sae", 0, str(out / f"A{la}_B0.npz"),
@@ -194,7 +199,7 @@ def test_pair_file_without_identity_is_refused(pairs):
 
 
 # ---- budgets ------------------------------------------------------------------------------------
-def test_every_eval_budget_is_checked_by_the_tokens_rule():
+def test_every_eval_budget_is_checked_by_the_token_budget_rule():
     cfg = base()
     cfg["training"]["eval_tokens"] = 5000
     name = next(iter(cfg["models"]))
@@ -206,3 +211,29 @@ def test_every_eval_budget_is_checked_by_the_tokens_rule():
     with pytest.raises(ValueError, match=rf"'eval' has only 4096 scored tokens.*training\.eval_tokens = 5000.*"
                                          rf"models\.{re.escape(name)}\.training\.eval_tokens = 7000"):
         corpus.check_budget({"split": "eval", "scored_tokens": 4096, "documents": 3}, budget)
+
+
+def test_token_budget_rule_names_the_key_and_records_no_budget(tmp_path):
+    """The token_budget rule's script: fails naming the key; its record holds no budget values,
+    so a changed budget that still fits rewrites the same bytes (nothing downstream reruns)."""
+    import importlib.util
+    from click.testing import CliRunner
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("token_budget", Path(__file__).parents[2] / "scripts" / "token_budget.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for split, n in (("train", 5000), ("eval", 3000)):
+        (tmp_path / f"{split}.json").write_text(json.dumps({"split": split, "scored_tokens": n, "documents": 4}))
+    args = ["--train-manifest", str(tmp_path / "train.json"), "--eval-manifest", str(tmp_path / "eval.json")]
+    outs = []
+    for i, eval_budget in enumerate((2048, 3000)):
+        out = tmp_path / f"budget{i}.json"
+        budget = {"train": {"activations.sae_tokens": 4096}, "eval": {"training.eval_tokens": eval_budget}}
+        res = CliRunner().invoke(script.main, args + ["--budget", json.dumps(budget), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    budget = {"train": {}, "eval": {"training.eval_tokens": 3001}}
+    res = CliRunner().invoke(script.main, args + ["--budget", json.dumps(budget), "--out", str(tmp_path / "x.json")])
+    assert res.exit_code != 0 and "training.eval_tokens = 3001" in str(res.exception)
+    assert not (tmp_path / "x.json").exists()

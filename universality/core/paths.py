@@ -58,6 +58,11 @@ class ResultPaths:
     def tokens_manifest(self, split) -> str:
         return self("tokens", f"{split}.json")
 
+    def token_budget(self) -> str:
+        """The token-budget check's record (scored tokens per split; no budget values, so a
+        changed budget that still fits leaves it byte-identical and reruns nothing)."""
+        return self("tokens", "budget.json")
+
     def activations(self, model, site) -> str:
         """The directory of ``L{layer}.zarr`` stores of one (model, site)."""
         return self("activations", model, site)

@@ -455,7 +455,7 @@ def _check_shifts(config: dict) -> None:
 
 
 def token_budget(config: dict, split: str) -> dict[str, int]:
-    """``{config key: scored tokens needed}`` of token set ``split`` (checked by the tokens rule,
+    """``{config key: scored tokens needed}`` of token set ``split`` (checked by the token_budget rule,
     before any model is trained)."""
     a = config["activations"]
     if split == "train":
