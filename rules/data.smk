@@ -62,9 +62,8 @@ rule tokens:
 
 rule token_budget:
     # Every token budget of the config against the token sets, before any model is trained (the
-    # models take its record as input). Its own rule, not a param of `tokens`: a budget change
-    # would rerun `tokens` and so retrain every model; here it reruns only this check, whose
-    # record holds no budget values (unchanged -> nothing downstream reruns).
+    # model rules take its record as an input). A budget change reruns this check and, through
+    # it, the models (as when the budget was a param of `tokens`); see docs/reliability.md.
     input:
         train_manifest=paths.tokens_manifest("train"),
         eval_manifest=paths.tokens_manifest("eval"),

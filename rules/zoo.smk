@@ -4,7 +4,9 @@ include: "helpers/zoo.smk"
 
 rule train_model:
     input:
-        budget=paths.token_budget(),  # every token budget checked before any model trains
+        # every token budget checked before any model trains. Not ancient(): in Snakemake 9.27 the
+        # DAG then drops other reruns downstream of the check (docs/reliability.md)
+        budget=paths.token_budget(),
         train_tokens=paths.tokens("train"),
         eval_tokens=paths.tokens("eval"),
         tokenizer=paths.tokenizer(),
