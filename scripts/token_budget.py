@@ -20,7 +20,7 @@ def main(train_manifest, eval_manifest, budget, out):
         attrs = store.read_json(manifest)
         corpus.check_budget(attrs, budget.get(split, {}))  # ValueError: the numbers and the keys
         have[split] = {"scored_tokens": int(attrs["scored_tokens"]), "documents": int(attrs["documents"])}
-    store.write_json(out, have)  # no budget values: a budget that still fits changes nothing downstream
+    store.write_json(out, have)  # the counts, not the budget values
     click.echo(json.dumps({"budget": budget, "have": have}, indent=2))
 
 

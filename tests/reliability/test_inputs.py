@@ -214,8 +214,8 @@ def test_every_eval_budget_is_checked_by_the_token_budget_rule():
 
 
 def test_token_budget_rule_names_the_key_and_records_no_budget(tmp_path):
-    """The token_budget rule's script: fails naming the key; its record holds no budget values,
-    so a changed budget that still fits rewrites the same bytes (nothing downstream reruns)."""
+    """The token_budget rule's script: fails naming the key and writes nothing; its record holds
+    the token counts, not the budget values (a changed budget that still fits: the same bytes)."""
     import importlib.util
     from click.testing import CliRunner
     from pathlib import Path

@@ -59,8 +59,8 @@ class ResultPaths:
         return self("tokens", f"{split}.json")
 
     def token_budget(self) -> str:
-        """The token-budget check's record (scored tokens per split; no budget values, so a
-        changed budget that still fits leaves it byte-identical and reruns nothing)."""
+        """The token-budget check's record (scored tokens and documents per split); an input of
+        the model rules, so that every budget is checked before any model trains."""
         return self("tokens", "budget.json")
 
     def activations(self, model, site) -> str:
