@@ -71,6 +71,7 @@ def make_activations(path: Path, n_train: int, n_eval: int, d: int, seed: int = 
         x = acts @ dirs + mean + 0.05 * rng.standard_normal((m, d), dtype=np.float32)
         writer.append(x)
     writer.close()
+    store.seal(path)  # readers refuse a store without an integrity record
     return path
 
 

@@ -34,6 +34,10 @@ rule mppc:
         summary=paths.mppc_summary("{comparison}"),
     params:
         comparison=comparison_spec,
+        # the stores the pair files must have been computed from (mppc.load_pairs checks)
+        spec=comparison_spec,
+        a_stores=matched_store_param("a"),
+        b_stores=matched_store_param("b"),
     log:
         paths.log("mppc", "{comparison}"),
     benchmark:
@@ -80,6 +84,9 @@ rule matching:
         table=paths.matching_table("{comparison}"),
     params:
         thresholds=as_param(config["measures"]["thresholds"]),
+        spec=comparison_spec,
+        a_stores=matched_store_param("a"),
+        b_stores=matched_store_param("b"),
     log:
         paths.log("measures", "matching", "{comparison}"),
     benchmark:

@@ -150,6 +150,10 @@ rule sweep_mppc:
         entry=one_of(list(SWEEP_ENTRIES)),
     params:
         comparison=sweep_comparison,
+        # what the pair file must have been computed from (mppc.load_pairs checks)
+        spec=sweep_pair_options,
+        a_stores=sweep_store_param("a"),
+        b_stores=sweep_store_param("b"),
     log:
         paths.sweep_log("mppc", "{entry}"),
     benchmark:

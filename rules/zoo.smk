@@ -4,6 +4,9 @@ include: "helpers/zoo.smk"
 
 rule train_model:
     input:
+        # every token budget checked before any model trains. Not ancient(): in Snakemake 9.27 the
+        # DAG then drops other reruns downstream of the check (docs/reliability.md)
+        budget=paths.token_budget(),
         train_tokens=paths.tokens("train"),
         eval_tokens=paths.tokens("eval"),
         tokenizer=paths.tokenizer(),
@@ -36,6 +39,7 @@ rule hub_model:
     # A hub checkpoint (source: hub) from the local Hugging Face cache at its pinned revision,
     # re-saved as float32 safetensors; nothing is downloaded unless UNIVERSALITY_HUB_DOWNLOAD=1.
     input:
+        budget=paths.token_budget(),
         eval_tokens=paths.tokens("eval"),
     output:
         out=directory(paths.model("{model}")),

@@ -4,7 +4,8 @@ import json
 
 import click
 
-from universality.compare import matching, pearson
+from universality.compare import matching
+from universality.compare.mppc import load_pairs
 from universality.core import store
 from universality.core.cli import entry
 from universality.report.page import read_table
@@ -13,16 +14,17 @@ from universality.report.page import read_table
 @click.command()
 @click.option("--comparison", required=True)
 @click.option("--pairs", required=True, help="space-separated pair files (pearson/{comparison}/A{la}_B{lb}.npz)")
+@click.option("--spec", required=True, help="the comparison's config entry as JSON (kind, shift)")
+@click.option("--a-stores", required=True, help="JSON {layer: store} of side A (what the pairs must come from)")
+@click.option("--b-stores", required=True, help="JSON {layer: store} of side B")
 @click.option("--forward", required=True, type=click.Path(exists=True))
 @click.option("--backward", required=True, type=click.Path(exists=True))
 @click.option("--thresholds", required=True, help="JSON list of r thresholds")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="the numbers (JSON)")
 @click.option("--table", required=True, type=click.Path(dir_okay=False), help="the matching (.csv.gz)")
-def main(comparison, pairs, forward, backward, thresholds, out, table):
-    results = {}
-    for path in pairs.split():
-        r = pearson.load_result(path)
-        results[(int(r["la"]), int(r["lb"]))] = r
+def main(comparison, pairs, spec, a_stores, b_stores, forward, backward, thresholds, out, table):
+    spec = json.loads(spec)
+    results = load_pairs(pairs.split(), spec["kind"], spec["shift"], json.loads(a_stores), json.loads(b_stores))
     matches, numbers = matching.solve(results, json.loads(thresholds))
     fwd, rev = read_table(forward), read_table(backward)
     mppc = fwd["mppc"].dropna()
@@ -30,8 +32,7 @@ def main(comparison, pairs, forward, backward, thresholds, out, table):
                                    for t in json.loads(thresholds)}
     info = {"comparison": comparison, **numbers, "mutual_best": matching.mutual_best(fwd, rev),
             "many_to_one": matching.many_to_one(fwd)}
-    with store.atomic_output(table) as tmp:
-        matches.to_csv(tmp, index=False, compression="gzip")
+    store.write_csv_gz(table, matches)  # byte-reproducible (gzip header without time or name)
     store.write_json(out, info)
     click.echo(json.dumps({k: v for k, v in info.items() if k != "per_pair"}, indent=2))
 

@@ -5,21 +5,21 @@ import click
 
 from universality.core.cli import entry
 from universality.compare import mppc
-from universality.compare import pearson
 from universality.core import store
 
 
 @click.command()
 @click.option("--comparison", required=True)
 @click.option("--pairs", required=True, help="space-separated pair files (pearson/{comparison}/A{la}_B{lb}.npz)")
+@click.option("--spec", required=True, help="the comparison's config entry as JSON (kind, shift)")
+@click.option("--a-stores", required=True, help="JSON {layer: store} of side A (what the pairs must come from)")
+@click.option("--b-stores", required=True, help="JSON {layer: store} of side B")
 @click.option("--forward", required=True, type=click.Path(dir_okay=False))
 @click.option("--backward", required=True, type=click.Path(dir_okay=False))
 @click.option("--summary", required=True, type=click.Path(dir_okay=False))
-def main(comparison, pairs, forward, backward, summary):
-    results = {}
-    for path in pairs.split():
-        r = pearson.load_result(path)
-        results[(int(r["la"]), int(r["lb"]))] = r
+def main(comparison, pairs, spec, a_stores, b_stores, forward, backward, summary):
+    spec = json.loads(spec)
+    results = mppc.load_pairs(pairs.split(), spec["kind"], spec["shift"], json.loads(a_stores), json.loads(b_stores))
     fwd, rev = mppc.reduce(results)
     for table, path in ((fwd, forward), (rev, backward)):
         store.write_csv_gz(path, table)

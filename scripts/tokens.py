@@ -19,14 +19,8 @@ from universality.core import store
               help="split documents into consecutive windows, or truncate each to one window")
 @click.option("--out", required=True, type=click.Path())
 @click.option("--manifest", required=True, type=click.Path(dir_okay=False))
-@click.option("--budget", default="{}", help='JSON {config key: scored tokens needed from this split}')
-def main(documents, tokenizer, split, max_len, doc_mode, out, manifest, budget):
+def main(documents, tokenizer, split, max_len, doc_mode, out, manifest):
     attrs = corpus.tokenize_split(documents, tokenizer, split, max_len, out, mode=doc_mode)
-    try:
-        corpus.check_budget(attrs, json.loads(budget))
-    except ValueError:
-        store.remove(out)  # no token set that every later rule would fail on
-        raise
     store.write_json(manifest, attrs)
     click.echo(json.dumps(attrs, indent=2))
 

@@ -31,7 +31,8 @@ def main(model, spec, training, train_tokens, eval_tokens, tokenizer, out, metri
     result = zoo.evaluate(trained, eval_set, max_len, vocab, training["eval_tokens"])
     result.update(model=model, spec=spec, training=training, history=history,
                   parameters=sum(p.numel() for p in trained.parameters()))
-    with store.atomic_output(out) as tmp:
+    # sealed after the tokenizer is added: the record covers every file of the folder
+    with store.atomic_output(out, sealed=True) as tmp:
         save_model(trained, tmp)
         zoo.save_tokenizer(tokenizer, tmp)
     store.write_json(metrics, result)

@@ -55,4 +55,6 @@ def make_tokens(path, n_windows: int, seed: int, vocab: int, max_len: int) -> st
                                                           "max_len": max_len, "vocab_size": vocab})
     g.create_array("ids", data=np.concatenate(wins).astype(np.int32), chunks=(64,))
     g.create_array("offsets", data=np.r_[0, np.cumsum(lengths)].astype(np.int64), chunks=(64,))
+    from universality.core import integrity
+    integrity.seal(path)  # as the tokens rule writes it
     return str(path)

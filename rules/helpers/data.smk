@@ -3,8 +3,8 @@ from universality.workflow.config import token_budget
 
 
 def token_budget_param(wildcards):
-    """``{config key: scored tokens}`` the token set ``{split}`` must hold (JSON)."""
-    return as_param(token_budget(config, wildcards.split))
+    """``{split: {config key: scored tokens}}`` the token sets must hold (JSON)."""
+    return as_param({split: token_budget(config, split) for split in ("train", "eval")})
 
 
 #: Keys of the `tokenizer` section that change the token sets but not the tokenizer itself.

@@ -54,6 +54,16 @@ def sweep_pair_options(wildcards):
                      "backend": config["backend"], "chunk_rows": config["pearson"]["chunk_rows"]})
 
 
+def sweep_store_param(side):
+    """Param function: ``{layer: feature store}`` of one side of a sweep pair, as JSON."""
+
+    def inner(wildcards):
+        path = sweep_base_features() if side == "a" else sweep_variant_features(wildcards)
+        return as_param({str(SWEEP["layer"]): path})
+
+    return inner
+
+
 def sweep_comparison(wildcards):
     """The name a sweep entry's pair and tables carry (``sae_sweep/<entry>``)."""
     return f"sae_sweep/{wildcards.entry}"

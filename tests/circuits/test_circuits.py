@@ -277,7 +277,7 @@ def test_instrumented_models_load_tiny_hub_layout_checkpoints(tmp_path):
                                             num_attention_heads=3, intermediate_size=48)).eval()
     hf_n.save_pretrained(str(tmp_path / "neox"))
     for name, hf, cls in (("mamba", hf_m, MambaLM), ("neox", hf_n, NeoXLM)):
-        ours = registry.load_model(tmp_path / name)
+        ours = registry.load_model(tmp_path / name, external=True)  # a plain save_pretrained: no record
         assert isinstance(ours, cls)
         with torch.no_grad():
             assert (ours(x) - hf(x).logits).abs().max().item() <= 1e-4
@@ -287,7 +287,7 @@ def test_instrumented_models_load_tiny_hub_layout_checkpoints(tmp_path):
 
     RwkvForCausalLM(RwkvConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
                                attention_hidden_size=16, intermediate_size=32)).save_pretrained(str(tmp_path / "rwkv"))
-    rwkv = registry.load_model(tmp_path / "rwkv")
+    rwkv = registry.load_model(tmp_path / "rwkv", external=True)
     assert rwkv.config.model_type == "rwkv" and isinstance(rwkv, RwkvLM)
     assert registry.get("rwkv").circuits == "wkv"       # WKV-state path patching (circuits.wkv_paths)
 

@@ -29,6 +29,7 @@ def make_acts(path, n_sae, n_eval, d, seed):
     arr = store.create_array(path, (n_sae + n_eval, d), "float32", chunk_rows=64,
                              attrs={"segments": {"sae": [0, n_sae], "eval": [n_sae, n_sae + n_eval]}})
     arr[:] = rng.normal(size=(n_sae + n_eval, d)).astype(np.float32)
+    store.seal(path)  # as the activations rule writes it
     return arr
 
 
@@ -77,6 +78,7 @@ def test_dense_neuron_pair_matches_reference(tmp_path):
     b = make_acts(tmp_path / "b.zarr", 5, 300, 9, 1)
     a[:, 3] = 1000.0 + 0.01 * np.arange(305)  # large offset, small variance
     b[:, 2] = 4.0  # constant: excluded
+    store.seal(tmp_path / "a.zarr"), store.seal(tmp_path / "b.zarr")  # changed after make_acts sealed them
     res = mppc.pair(str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr"), "neuron", 0, str(tmp_path / "p.npz"),
                     chunk_rows=50, backend="cpu")
     ref = reference_pearson(a[5:], b[5:])

@@ -38,6 +38,7 @@ def test_row_writer_streams_in_chunks(tmp_path):
         w.append(data[i : i + n])
         i += n
     w.close()
+    store.seal(tmp_path / "x.zarr")  # readers refuse an unsealed store
     back = store.open_array(tmp_path / "x.zarr")
     np.testing.assert_array_equal(back[:], data)
     assert back.chunks == (16, 5) and dict(back.attrs) == {"k": 1}
@@ -56,6 +57,7 @@ def test_manifest_hash_tracks_content(tmp_path):
     for name, val in [("a", 1.0), ("b", 1.0), ("c", 2.0)]:
         arr = store.create_array(tmp_path / f"{name}.zarr", (8, 2), "float16", chunk_rows=4)
         arr[:] = val
+        store.seal(tmp_path / f"{name}.zarr")
     m = {n: store.array_manifest(tmp_path / f"{n}.zarr") for n in "abc"}
     assert m["a"]["sha256"] == m["b"]["sha256"] != m["c"]["sha256"]
     assert m["a"]["shape"] == [8, 2] and m["a"]["nchunks"] == 2

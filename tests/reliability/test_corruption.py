@@ -54,20 +54,23 @@ def test_random_bytes_in_a_chunk_are_an_error(work):
 
 
 def test_unsealed_store_with_a_lost_chunk_is_reported(tmp_path, capfd):
-    """No record (a hand-made store): a chunk absent from the grid is named on stderr."""
+    """No record (an outside store, read with external=True): a chunk absent from the grid is
+    named on stderr. Without external=True an unsealed store is refused (test_inputs.py)."""
     arr = store.create_array(tmp_path / "x.zarr", (100, 4), "float32", chunk_rows=10)
     arr[:] = np.zeros((100, 4), np.float32)  # empty chunks are written too (write_empty_chunks)
-    store.open_array(tmp_path / "x.zarr")
+    store.open_array(tmp_path / "x.zarr", external=True)
     assert "absent" not in capfd.readouterr().err
     (tmp_path / "x.zarr" / "c" / "4" / "0").unlink()
-    store.open_array(tmp_path / "x.zarr")
+    store.open_array(tmp_path / "x.zarr", external=True)
     assert "no integrity record and chunk 'c/4/0'" in capfd.readouterr().err
 
 
-def test_deleted_record_of_a_pipeline_store_is_reported(work, capfd):
+def test_deleted_record_of_a_pipeline_store_is_refused(work, capfd):
     (work / "L0.zarr" / "integrity.json").unlink()
     (work / "L0.zarr" / "c" / "3" / "0").unlink()
-    store.open_array(work / "L0.zarr")
+    with pytest.raises(StoreError, match="no integrity record"):
+        store.open_array(work / "L0.zarr")
+    store.open_array(work / "L0.zarr", external=True)
     assert "c/3/0" in capfd.readouterr().err
 
 

@@ -82,3 +82,29 @@ def test_compare_trees_tells_timing_from_content(tmp_path):
     assert res["only_b"] == ["saes/x.json"]
     (tmp_path / "b" / "saes" / "metrics.json").write_text('{"training": {"wall_s": 2.0}, "ev": 0.6}')
     assert compare(tmp_path / "a", tmp_path / "b")["different"] == ["saes/metrics.json"]
+
+
+def test_full_disk_leaves_no_complete_looking_output(tmp_path):
+    """ENOSPC in the middle of a write: neither the output nor its temporary remains."""
+    import errno
+    import pytest
+
+    final = tmp_path / "features" / "L0.zarr"
+    with pytest.raises(OSError, match="No space"):
+        with store.atomic_output(final, sealed=True) as tmp:
+            tmp.mkdir()
+            (tmp / "part").write_bytes(b"x" * 100)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert not final.exists() and list(final.parent.iterdir()) == []
+
+
+def test_no_pickle_and_no_remote_code_in_the_package():
+    """Static: nothing in the package or the scripts unpickles or runs a checkpoint's code."""
+    import re
+    from pathlib import Path
+    import universality
+    root = Path(universality.__file__).parents[1]
+    bad = re.compile(r"import pickle|pickle\.load|allow_pickle=True|trust_remote_code=True|torch\.load\((?!weights_only=True)")
+    hits = [f"{p}:{i}" for p in [*root.joinpath("universality").rglob("*.py"), *root.joinpath("scripts").glob("*.py")]
+            for i, line in enumerate(p.read_text().splitlines(), 1) if bad.search(line) and "``" not in line]
+    assert not hits, hits

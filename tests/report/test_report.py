@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import yaml
 import zarr
 
+from universality.core import store
 from universality.report import cards
 from universality.report import complexity
 from universality.report import page as report
@@ -88,6 +89,7 @@ def write_token_set(path, windows, bos=0):
     g = zarr.open_group(str(path), mode="w", attributes={"bos_id": bos, "vocab_size": 50, "split": "eval"})
     g.create_array("ids", data=ids)
     g.create_array("offsets", data=offsets)
+    store.seal(path)  # as the tokens rule writes it
 
 
 def write_csr(path, x):
@@ -96,6 +98,7 @@ def write_csr(path, x):
     g.create_array("indptr", data=m.indptr.astype(np.int64))
     g.create_array("indices", data=m.indices.astype(np.int32))
     g.create_array("data", data=m.data.astype(np.float32))
+    store.seal(path)  # as the features rule writes it
 
 
 def test_contexts_map_rows_back_to_windows_and_positions(tmp_path):

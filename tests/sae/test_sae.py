@@ -66,6 +66,7 @@ def synthetic(n, d=D, n_true=48, seed=0):
 def write_array(path, data, chunk_rows=256, dtype="float32"):
     arr = store.create_array(path, data.shape, dtype, chunk_rows=chunk_rows)
     arr[:] = data.astype(dtype)
+    store.seal(path)  # as the activations rule writes it
     return path
 
 
@@ -275,6 +276,7 @@ def test_split_rows_prefers_the_store_segments(tmp_path):
     data[1000:] = np.nan  # neither segment: must never be read
     path = tmp_path / "seg.zarr"
     store.create_array(path, data.shape, "float32", chunk_rows=100, attrs=seg)[:] = data
+    store.seal(path)
     m = train_sae(path, tmp_path / "out", FAST.replace(train_tokens=64 * 30), progress=False)
     assert m["split"] == "segments" and m["eval_rows"] == [800, 1000] and m["train_rows"] == [0, 800]
     assert math.isfinite(m["explained_variance"])

@@ -10,11 +10,20 @@ correlation of their activations over the eval tokens, with its argmax (layer, f
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from universality.compare import pearson
+from universality.core.integrity import StoreError, content_id
 from universality.sae.readers import CSRStore, DenseEval
+
+#: What every pair file holds beyond the arrays of PearsonAccumulator.result: its layer pair, and
+#: the identity of its inputs (content ids of both stores, the comparison's kind and shift).
+PAIR_KEYS = ("la", "lb", "a_id", "b_id", "kind", "shift", "row_max", "row_arg", "col_max", "col_arg")
+_PAIR_NAME = re.compile(r"^A(\d+)_B(\d+)\.npz$")
 
 
 def open_source(path: str, kind: str):
@@ -52,8 +61,57 @@ def pair(a_path: str, b_path: str, kind: str, shift: int, out: str, *, chunk_row
     for a_chunk, b_chunk in zip(a.chunks(chunk_rows), b_chunks):
         acc.update(a_chunk, b_chunk)
     result = acc.result(top_k=top_k)
-    pearson.save_result(out, result, **(meta or {}))
+    # bound to its inputs: the reduction refuses a pair file of other stores (load_pairs)
+    ident = {"a_id": content_id(a_path), "b_id": content_id(b_path), "kind": kind, "shift": int(shift)}
+    pearson.save_result(out, result, **{**(meta or {}), **ident})
     return result
+
+
+def load_pairs(files: list[str], kind: str, shift: int, a_stores: dict, b_stores: dict) -> dict[tuple[int, int], dict]:
+    """The pair files of one comparison -> ``{(la, lb): result}``, checked: each file is a pair
+    file (decodable, no pickle, every key of :data:`PAIR_KEYS`), of the layer pair its name says,
+    computed from the stores the comparison reads now (``a_stores`` / ``b_stores``: ``{layer:
+    store path}``, compared by content id) with this ``kind`` and ``shift``; and every layer pair
+    of the grid is there. Anything else raises StoreError (or ValueError) naming the file or the
+    missing layer pair."""
+    stores = {"a": {int(l): p for l, p in a_stores.items()}, "b": {int(l): p for l, p in b_stores.items()}}
+    ids = {(side, layer): content_id(p) for side in stores for layer, p in stores[side].items()}
+    out: dict[tuple[int, int], dict] = {}
+    for f in files:
+        r = pearson.load_result(f)
+        missing = [k for k in PAIR_KEYS if k not in r]
+        if missing:
+            raise StoreError(f"{f}: not a pair file of this pipeline (no {', '.join(missing)}); rerun pearson_pair")
+        key = (int(r["la"]), int(r["lb"]))
+        named = _PAIR_NAME.match(Path(f).name)
+        if named and (int(named[1]), int(named[2])) != key:
+            raise StoreError(f"{f}: holds layer pair A{key[0]}_B{key[1]}, not the one its name says (a misnamed "
+                             "or copied file); rerun pearson_pair")
+        if key in out:
+            raise StoreError(f"{f}: layer pair A{key[0]}_B{key[1]} given twice")
+        for side, layer in (("a", key[0]), ("b", key[1])):
+            want = ids.get((side, layer))
+            if want is None:
+                raise StoreError(f"{f}: layer {layer} of side {side.upper()} is not a layer of this comparison")
+            if str(r[f"{side}_id"]) != want:
+                raise StoreError(f"{f}: computed from other inputs than this comparison's {side.upper()} store "
+                                 f"{stores[side][layer]} (content id "
+                                 f"{r[side + '_id']}, the store's is {want}): stale or from another comparison; "
+                                 "rerun pearson_pair")
+        if str(r["kind"]) != kind or int(r["shift"]) != int(shift):
+            raise StoreError(f"{f}: computed as kind {r['kind']!r}, shift {int(r['shift'])}; this comparison is "
+                             f"kind {kind!r}, shift {int(shift)}: rerun pearson_pair")
+        out[key] = r
+    check_grid(out, sorted(stores["a"]), sorted(stores["b"]))
+    return out
+
+
+def check_grid(pair_results: dict, layers_a: list[int], layers_b: list[int]) -> None:
+    """Every (la, lb) of the grid has a result; ValueError naming the missing pair files."""
+    missing = [f"A{la}_B{lb}.npz" for la in layers_a for lb in layers_b if (la, lb) not in pair_results]
+    if missing:
+        raise ValueError(f"{len(missing)} layer pair(s) missing from the comparison's pair files, first "
+                         f"{missing[0]} (layers A {layers_a} x B {layers_b}): rerun pearson_pair for them")
 
 
 def reduce(pair_results: dict[tuple[int, int], dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -64,6 +122,7 @@ def reduce(pair_results: dict[tuple[int, int], dict]) -> tuple[pd.DataFrame, pd.
     """
     layers_a = sorted({la for la, _ in pair_results})
     layers_b = sorted({lb for _, lb in pair_results})
+    check_grid(pair_results, layers_a, layers_b)  # a missing pair: named, not KeyError (0, 0)
 
     def table(side_layers, other_layers, key_of, max_key, arg_key):
         rows = []

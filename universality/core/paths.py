@@ -65,6 +65,11 @@ class ResultPaths:
     def tokens_manifest(self, split) -> str:
         return self("tokens", f"{split}.json")
 
+    def token_budget(self) -> str:
+        """The token-budget check's record (scored tokens and documents per split); an input of
+        the model rules, so that every budget is checked before any model trains."""
+        return self("tokens", "budget.json")
+
     def activations(self, model, site) -> str:
         """The directory of ``L{layer}.zarr`` stores of one (model, site)."""
         return self("activations", model, site)

@@ -187,25 +187,26 @@ class CheckedArray:
             return self._array[key]
 
 
-def open_array(path: str | os.PathLike, *, check: bool = True) -> CheckedArray:
-    """Open a Zarr array for reading after :func:`verify` (``check``); reads name ``path`` on
-    a decoder error."""
+def open_array(path: str | os.PathLike, *, check: bool = True, external: bool = False) -> CheckedArray:
+    """Open a Zarr array for reading after :func:`verify` (``check``; ``external``: an outside
+    input, which may have no integrity record); reads name ``path`` on a decoder error."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Zarr array not found: {path}")
     if check:
-        verify(path)
+        verify(path, external=external)
     with reading(path):
         return CheckedArray(zarr.open_array(str(path), mode="r"), path)
 
 
-def open_group(path: str | os.PathLike, *, check: bool = True) -> zarr.Group:
-    """Open a Zarr group for reading after :func:`verify` (``check``)."""
+def open_group(path: str | os.PathLike, *, check: bool = True, external: bool = False) -> zarr.Group:
+    """Open a Zarr group for reading after :func:`verify` (``check``, ``external``: see
+    :func:`open_array`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Zarr group not found: {path}")
     if check:
-        verify(path)
+        verify(path, external=external)
     with reading(path):
         return zarr.open_group(str(path), mode="r")
 

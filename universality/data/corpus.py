@@ -315,7 +315,7 @@ class TokenSet:
 def check_budget(attrs: dict, budget: dict[str, int]) -> None:
     """Raise ValueError if the token set (``attrs`` of :func:`tokenize_split`) has fewer scored
     tokens than any ``{config key: tokens}`` of ``budget`` asks for; the message names the numbers
-    and the keys to change. Run by the tokens rule, before any model is trained."""
+    and the keys to change. Run by the token_budget rule, before any model is trained."""
     have = int(attrs["scored_tokens"])
     short = {k: n for k, n in budget.items() if n > have}
     if short:

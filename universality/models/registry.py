@@ -19,6 +19,7 @@ A new architecture is one module with an :class:`Architecture` subclass and one
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,10 +27,10 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from universality.core import hooks
+from universality.core import hooks, integrity
 
 __all__ = ["Architecture", "ARCHITECTURES", "register", "get", "arch_of", "build_config", "build_model",
-           "load_model", "save_model", "logits_of", "n_layers", "capture", "site_width", "patch_resid",
+           "check_model_folder", "load_model", "save_model", "logits_of", "n_layers", "capture", "site_width", "patch_resid",
            "hook_names"]
 
 
@@ -48,6 +49,13 @@ class Architecture:
     required_fields: tuple[str, ...] = ("d_model", "n_layers", "train_tokens")
     circuits: str | None = None
     neuron_hooks: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        # Every architecture's ``load`` checks the folder first (check_model_folder), without
+        # each adapter having to remember it.
+        super().__init_subclass__(**kwargs)
+        if "load" in cls.__dict__:
+            cls.load = _checked_load(cls.__dict__["load"])
 
     def check_spec(self, spec: dict) -> tuple[str, str] | None:
         """An extra check of a trained model's spec: None, or (offending key, message)."""
@@ -97,6 +105,31 @@ class Architecture:
         return model.unembed(resid)
 
 
+def check_model_folder(path: Path, *, external: bool = False) -> None:
+    """Before a model folder is loaded: its integrity record (every file's size and sha256, the
+    weights' blocks sampled above FULL_VERIFY_BYTES; ``external``: a folder the pipeline did not
+    write may have none), then each safetensors header, so that a truncated or garbage weights
+    file raises StoreError naming it (not safetensors' bare "header too large")."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"no model at {path} (config.json missing)")
+    integrity.verify(path, external=external)
+    for f in sorted(path.glob("*.safetensors")):
+        with integrity.reading(f), safe_open(str(f), "pt") as g:
+            g.keys()
+
+
+def _checked_load(load):
+    @functools.wraps(load)
+    def checked(self, path, *, external: bool = False):
+        check_model_folder(Path(path), external=external)
+        with integrity.reading(path):
+            return load(self, Path(path))
+    return checked
+
+
 #: ``{name: adapter}`` of every registered architecture (the built-in three are registered when
 #: this module is imported).
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -135,19 +168,24 @@ def build_model(config) -> nn.Module:
 
 
 def save_model(model: nn.Module, out_dir: str | Path) -> None:
-    """``save_pretrained`` (safetensors) in the transformers layout of the architecture."""
+    """``save_pretrained`` (safetensors) in the transformers layout of the architecture, sealed
+    (an integrity record; a writer that adds files afterwards seals again)."""
     arch_of(model).save(model, Path(out_dir))
+    integrity.seal(out_dir)
 
 
-def load_model(path: str | Path) -> nn.Module:
-    """Load a ``save_pretrained`` directory for collection or patching (eval mode, float32)."""
+def load_model(path: str | Path, *, external: bool = False) -> nn.Module:
+    """Load a ``save_pretrained`` directory for collection or patching (eval mode, float32),
+    checked first (:func:`check_model_folder`; ``external``: a folder the pipeline did not
+    write, e.g. a plain transformers ``save_pretrained``, may have no integrity record)."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no model at {path} (config.json missing)")
-    kind = json.loads((path / "config.json").read_text()).get("model_type")
+    with integrity.reading(path / "config.json"):
+        kind = json.loads((path / "config.json").read_text()).get("model_type")
     if kind not in ARCHITECTURES:
         raise ValueError(f"{path}: unsupported model_type {kind!r}; expected one of {sorted(ARCHITECTURES)}")
-    return get(kind).load(path).eval()
+    return get(kind).load(path, external=external).eval()
 
 
 def logits_of(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

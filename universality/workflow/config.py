@@ -468,9 +468,15 @@ def _check_shifts(config: dict) -> None:
 
 
 def token_budget(config: dict, split: str) -> dict[str, int]:
-    """``{config key: scored tokens needed}`` of token set ``split`` (checked by the tokens rule,
+    """``{config key: scored tokens needed}`` of token set ``split`` (checked by the token_budget rule,
     before any model is trained)."""
     a = config["activations"]
     if split == "train":
         return {"activations.sae_tokens": int(a["sae_tokens"])} if "resid" in a["sites"] else {}
-    return {"activations.eval_tokens": int(a["eval_tokens"])}
+    # every model's eval loss (trained: its recipe, overrides included; hub: training.eval_tokens)
+    budget = {"activations.eval_tokens": int(a["eval_tokens"]), "training.eval_tokens": int(config["training"]["eval_tokens"])}
+    for name, spec in config["models"].items():
+        own = (spec.get("training") or {}).get("eval_tokens")
+        if own is not None and spec.get("source", "train") == "train":
+            budget[f"models.{name}.training.eval_tokens"] = int(own)
+    return budget

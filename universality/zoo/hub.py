@@ -122,7 +122,7 @@ def materialise(name: str, spec: dict, out_dir: str | Path) -> dict:
     check_config(name, spec, hf_config)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), local_files_only=True, trust_remote_code=False, dtype=torch.float32)
-    with store.atomic_output(out_dir) as tmp:
+    with store.atomic_output(out_dir, sealed=True) as tmp:  # integrity record: checked by every load
         model.save_pretrained(str(tmp), safe_serialization=True)
     files = {p.name: file_sha256(p) for p in sorted(path.iterdir()) if p.is_file()}
     return {
