@@ -42,6 +42,8 @@ rule circuits_wkv:
         options=circuit_options(),
     log:
         paths.log("circuits", "{model}"),
+    benchmark:
+        paths.benchmark("circuits_wkv", "model"),
     threads: 1
     resources:
         mem_mb=2000,

@@ -79,6 +79,8 @@ rule token_budget:
         budget=token_budget_param,
     log:
         paths.log("token_budget"),
+    benchmark:
+        paths.benchmark("token_budget"),
     threads: 1
     resources:
         mem_mb=500,

@@ -167,6 +167,8 @@ rule judge_contexts:
         options=judge_contexts_options(),
     log:
         paths.judge_log("judge_contexts", "{model}", "seed{seed}"),
+    benchmark:
+        paths.benchmark("judge_contexts", "model", "seed"),
     threads: 1
     resources:
         mem_mb=3000,
@@ -192,6 +194,8 @@ rule judge_scores:
         prompts=re.escape(JUDGE["prompts"]),
     log:
         paths.judge_log("judge_scores", "{judge}", "{prompts}", "{model}", "seed{seed}"),
+    benchmark:
+        paths.benchmark("judge_scores", "judge", "prompts", "model", "seed"),
     threads: 2
     resources:
         mem_mb=3000,
@@ -215,6 +219,8 @@ rule report_judge:
         options=as_param(config["judge"]),
     log:
         paths.log("report", "judge"),
+    benchmark:
+        paths.benchmark("report_judge"),
     threads: 1
     resources:
         mem_mb=2000,

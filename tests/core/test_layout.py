@@ -115,3 +115,26 @@ def test_the_checks_can_fail(tmp_path):
         assert ARCH_TEST.search(line), line
     for line in ("arch = spec['arch']", "for arch in ARCHITECTURES:", 'registry.get(spec["arch"])'):
         assert not ARCH_TEST.search(line), line
+
+
+def rule_blocks(text: str) -> dict[str, str]:
+    """``{rule name: its body}`` of a .smk file (a rule ends where the next top-level line starts)."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", text, re.M)}
+
+
+def test_every_rule_names_log_benchmark_threads_and_resources():
+    """The style guide's rule shape, plus the benchmark record benchmarks/job_times.py reads."""
+    missing = []
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for name, body in rule_blocks(smk.read_text()).items():
+            if name == "all":
+                continue
+            missing += [f"{smk.name}:{name} {key}" for key in ("log:", "benchmark:", "threads:", "resources:")
+                        if f"\n    {key}" not in f"\n{body}"]
+    assert not missing, missing
+
+
+def test_rule_blocks_sees_a_missing_benchmark():
+    text = "rule a:\n    log:\n        x,\n    threads: 1\n\n\nrule b:\n    benchmark:\n        y,\n"
+    blocks = rule_blocks(text)
+    assert set(blocks) == {"a", "b"} and "benchmark:" not in blocks["a"] and "benchmark:" in blocks["b"]
