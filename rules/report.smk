@@ -181,12 +181,13 @@ rule judge_contexts:
 rule judge_scores:
     input:
         contexts=paths.judge_contexts("{model}", "{seed}"),
-        prompt_files=prompt_files(JUDGE["prompts"]),
     output:
         out=directory(paths.judge_scores_dir("{judge}", "{prompts}", "{model}", "{seed}")),
         manifest=paths.judge_manifest("{judge}", "{prompts}", "{model}", "{seed}"),
     params:
         options=judge_score_options(),
+        # the prompt files' content, as a param rather than inputs: their absolute paths in the
+        # source tree would make a moved project rerun every score
         prompt_hash=prompt_hash(JUDGE["prompts"]),
         cache=paths.judge_cache("{judge}", "{model}", "{seed}"),
     wildcard_constraints:

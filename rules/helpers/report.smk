@@ -100,7 +100,7 @@ def measures_setup():
 
 
 # --- the LLM judge (issue 17): judge_contexts, judge_scores, report_judge ---
-from universality.report.judge.prompts import prompt_files, prompt_hash
+from universality.report.judge.prompts import prompt_hash
 from universality.workflow.judge import judge_plan
 
 JUDGE = judge_plan(config)

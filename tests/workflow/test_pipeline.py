@@ -184,8 +184,8 @@ def test_micro_circuits_outputs(micro):
     work, _, cfg = micro
     root = work / cfg["results"] / "circuits"
     summary = json.loads((root / "summary.json").read_text())
-    assert summary["primary"] == {"mamba": "mamba-s0", "gpt_neox": "neox-s0"}
-    assert set(summary["gpt_neox"]) == {"neox-s0", "neox-s1"} and len(summary["findings"]) == 3
+    assert summary["primary"] == {"mamba": "mamba-s0", "gpt_neox": "neox-s0", "rwkv": "rwkv-s0"}
+    assert set(summary["gpt_neox"]) == {"neox-s0", "neox-s1"} and len(summary["findings"]) == 4
     state = pd.read_csv(root / "mamba-s0" / "state.csv")
     assert sorted(state.distance.unique()) == cfg["circuits"]["distances"]
     assert sorted(state.layer.unique()) == list(range(cfg["models"]["mamba-s0"]["n_layers"]))
@@ -211,3 +211,23 @@ def test_changing_one_sweep_variant_reruns_that_variant_only(repo, micro, tmp_pa
     assert planned_jobs(repo, work, changed) == {
         "train_sae_variant": 1, "sweep_features": 1, "sweep_pair": entries, "sweep_mppc": entries,
         "report_sae": 1, "report_page": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_moving_the_project_reruns_nothing(repo, micro, tmp_path):
+    """Issue 20: the project (source tree and results) moved elsewhere plans no job (no absolute
+    path, e.g. of a caption, in any job's inputs or params)."""
+    import shutil
+    import subprocess
+
+    work, config, _ = micro
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True,
+                           text=True, check=True).stdout.split()
+    moved = tmp_path / "elsewhere" / "project"
+    for f in files:
+        if (repo / f).is_file():
+            (moved / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / f, moved / f)
+    moved_work = tmp_path / "elsewhere" / "work"
+    shutil.copytree(work, moved_work, symlinks=True)
+    assert planned_jobs(moved, moved_work, moved_work / config.name) == {}

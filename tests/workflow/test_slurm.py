@@ -11,7 +11,7 @@ root and always stopped by PID (.ci/run installs the packages). Two facts found 
   whatever was there before.
 
 Sub-DAG: the micro preset up to the two SAEs of ``neox-s0`` (seed 0): documents, tokenizer, both
-token sets, training ``neox-s0``, its resid activations and two SAEs: 8 jobs in 6 steps; each SLURM
+token sets, training ``neox-s0``, its resid activations and two SAEs: 9 jobs (token_budget included); each SLURM
 step costs ~15-20 s of submission and polling on top of its work.
 """
 import hashlib
@@ -224,9 +224,9 @@ def test_micro_sub_dag_through_slurm_equals_the_local_run(cluster, tmp_path):
     log = proc.stdout + proc.stderr
     # Every job went through SLURM: sbatch job ids are logged, the job-completion log has them.
     submitted = log.count("has been submitted with SLURM jobid")
-    assert submitted == 8, log[-3000:]
+    assert submitted == 9, log[-3000:]
     completed = (cluster.root / "log" / "jobcomp.txt").read_text()
-    assert completed.count("JobState=COMPLETED") >= 8, completed
+    assert completed.count("JobState=COMPLETED") >= 9, completed
     print(f"SLURM sub-DAG: {submitted} jobs in {elapsed:.0f} s")
 
     root = Path(yaml.safe_load((REPO / "presets" / "micro.yaml").read_text())["results"])
