@@ -215,19 +215,24 @@ def test_changing_one_sweep_variant_reruns_that_variant_only(repo, micro, tmp_pa
 
 @pytest.mark.slow
 def test_moving_the_project_reruns_nothing(repo, micro, tmp_path):
-    """Issue 20: the project (source tree and results) moved elsewhere plans no job (no absolute
-    path, e.g. of a caption, in any job's inputs or params)."""
+    """Issue 20: the project (source tree and results, their relative layout kept, as when the
+    folder holding both moves) plans no job: no absolute path in any job's inputs or params."""
+    import os
     import shutil
     import subprocess
 
+    from pathlib import Path
+
     work, config, _ = micro
+    common = Path(os.path.commonpath([repo.resolve(), work.resolve()]))
+    moved_root = tmp_path / "elsewhere"
+    moved = moved_root / repo.resolve().relative_to(common)
+    moved_work = moved_root / work.resolve().relative_to(common)
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True,
                            text=True, check=True).stdout.split()
-    moved = tmp_path / "elsewhere" / "project"
     for f in files:
         if (repo / f).is_file():
             (moved / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / f, moved / f)
-    moved_work = tmp_path / "elsewhere" / "work"
     shutil.copytree(work, moved_work, symlinks=True)
     assert planned_jobs(moved, moved_work, moved_work / config.name) == {}

@@ -184,11 +184,12 @@ def micro_workdir(tmp_path: Path, name: str) -> tuple[Path, list[str]]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """sha256 of every output file; JSON compared without wall-clock fields, logs skipped."""
+    """sha256 of every output file; JSON compared without wall-clock fields, logs and the jobs'
+    benchmark records (wall and CPU seconds) skipped."""
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if not p.is_file() or rel.startswith("logs/") or p.name == ".snakemake_timestamp":
+        if not p.is_file() or rel.startswith(("logs/", "benchmarks/")) or p.name == ".snakemake_timestamp":
             continue
         data = p.read_bytes()
         if p.suffix == ".json":
