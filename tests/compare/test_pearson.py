@@ -412,20 +412,55 @@ def test_native_kernel_recovers_after_a_rejected_buffer():
             assert np.array_equal(res[k], ref[k], equal_nan=res[k].dtype.kind == "f"), k
 
 
-def test_xp_finaliser_matches_numba_finaliser(sparse_pair):
-    """The array-module finaliser (GPU / no-numba path) agrees with the numba one."""
+def test_xp_finaliser_matches_numba_finaliser(sparse_pair, monkeypatch):
+    """The array-module finaliser (GPU / no-numba path, and on the CPU every matrix up to
+    SMALL_MAXIMA_CELLS) gives bitwise the numba finaliser's maxima, excluded features and
+    ties included."""
+    from universality.compare.pearson import moments as P_moments
+
     a, b, _ = sparse_pair
+    b = b.tolil()
+    b[:, 3] = 0  # an excluded B feature (never fires)
+    b[:, 7] = b[:, 5]  # exact ties: the lower index wins on both paths
+    b = b.tocsr()
     acc = PearsonAccumulator(a.shape[1], b.shape[1], backend="cpu")
     acc.update(a, b)
+    monkeypatch.setattr(P_moments, "SMALL_MAXIMA_CELLS", 0)  # the numba kernel
     res = acc.result()
+    assert res["excluded_b"] >= 1 and not res["valid_b"][3]
     fa, fb = acc._finish_side(acc._side["a"]), acc._finish_side(acc._side["b"])
     rm, ra, cm, ca = P._maxima_xp(np, acc.sxy, float(acc.n_tokens), fa, fb, block_rows=7)
     ok = np.isfinite(rm)
-    np.testing.assert_allclose(rm[ok], res["row_max"][ok], atol=1e-7)
+    assert np.array_equal(rm[ok].astype(np.float32), res["row_max"][ok])
     assert np.array_equal(np.where(ok, ra, -1), res["row_arg"])
     okc = np.isfinite(cm)
-    np.testing.assert_allclose(cm[okc], res["col_max"][okc], atol=1e-7)
+    assert np.array_equal(cm[okc].astype(np.float32), res["col_max"][okc])
     assert np.array_equal(np.where(okc, ca, -1), res["col_arg"])
+    monkeypatch.setattr(P_moments, "SMALL_MAXIMA_CELLS", 1 << 22)  # NumPy, the default here
+    small = acc.result()
+    for k in ("row_max", "row_arg", "col_max", "col_arg"):
+        assert np.array_equal(small[k], res[k], equal_nan=True), k
+
+
+def test_a_float32_pair_job_runs_without_importing_numba(tmp_path):
+    """A default-sized float32 pair (C scatter, NumPy maxima) never imports numba: its import
+    and first kernel call cost ~1.6 CPU s, more than such a pair's whole pass."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, scipy.sparse as sp\n"
+        "from universality.compare.pearson import PearsonAccumulator\n"
+        "rng = np.random.default_rng(0)\n"
+        "a = sp.random(2000, 64, density=0.05, format='csr', dtype=np.float32, random_state=1)\n"
+        "b = sp.random(2000, 48, density=0.05, format='csr', dtype=np.float32, random_state=2)\n"
+        "acc = PearsonAccumulator(64, 48, backend='cpu')\n"
+        "assert acc.cpu_kernel == 'native', acc.cpu_kernel\n"
+        "acc.update(a, b); acc.result(top_k=3); acc.reset()\n"
+        "print('numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
 
 
 def test_sparse_heavy_tailed_larger_scale_multithreaded():

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from universality.compare import pearson
 from universality.core.integrity import StoreError, content_id
 from universality.sae.readers import CSRStore, DenseEval
+
+if TYPE_CHECKING:  # pandas is imported where the tables are built (reduce)
+    import pandas as pd
 
 #: What every pair file holds beyond the arrays of PearsonAccumulator.result: its layer pair, and
 #: the identity of its inputs (content ids of both stores, the comparison's kind and shift).
@@ -120,6 +123,7 @@ def reduce(pair_results: dict[tuple[int, int], dict]) -> tuple[pd.DataFrame, pd.
     Each table has one row per feature: ``layer, feature, mppc, match_layer, match_feature``;
     excluded features (never fire or constant on the eval tokens) have NaN mppc and -1 matches.
     """
+    import pandas as pd  # here, not at the top: every pearson_pair job imports this module
     layers_a = sorted({la for la, _ in pair_results})
     layers_b = sorted({lb for _, lb in pair_results})
     check_grid(pair_results, layers_a, layers_b)  # a missing pair: named, not KeyError (0, 0)

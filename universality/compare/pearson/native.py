@@ -18,7 +18,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from universality.compare.pearson import numba_kernels as nk
-from universality.compare.pearson.numba_kernels import NumbaScatter
 from universality.compare.pearson.scatter import ScatterBackend
 
 #: C scatter variant: 1 = AVX-512 gather/scatter where compiled in (else scalar), 0 = scalar.
@@ -26,6 +25,9 @@ NATIVE_VARIANT = 1
 #: C kernel, rows narrower than SXY_PREFETCH_ROW_BYTES: prefetch row i+1 of sxy while row i
 #: is summed when feature i+1 has at least this many entries in the buffer (0: off).
 ROW_PREFETCH_MIN_ENTRIES = 1
+#: ``sxy`` up to this size is zeroed by NumPy on the calling thread (a default-sized layer pair,
+#: 1024 x 1024 float64 = 8 MiB, in ~2 ms), larger by numba's parallel fill.
+SMALL_ZERO_BYTES = 64 << 20
 #: Record of one A entry in the C kernel's CSC buffer (``entry_t``): token, value.
 _ENTRY = np.dtype([("tok", np.int32), ("val", np.float32)])
 _pools: dict = {}
@@ -132,7 +134,7 @@ class NativeScatter(ScatterBackend):
 
     def __init__(self, lib, n_a: int, n_b: int, n_threads: int):
         self.lib, self.n_a, self.n_b, self.n_threads = lib, n_a, n_b, n_threads
-        self._numba = NumbaScatter(n_a, n_b, n_threads)
+        self._numba_scatter = None  # float64 buffers and large zero fills: built on first use
         self._wide = n_b > 65536  # B's indices do not fit uint16
         self._pending = None  # futures of the C scatter still running (see wait)
         self._scratch_bufs: dict = {}
@@ -145,7 +147,7 @@ class NativeScatter(ScatterBackend):
         # its float32 side skipped the Python checks: C's run before numba takes the buffer
         a, b = self._checked(a, self.n_a, "A"), self._checked(b, self.n_b, "B")
         self.wait()  # the numba kernels write sxy
-        self._numba.add(sxy, a, b, side_a, side_b)
+        self._numba().add(sxy, a, b, side_a, side_b)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -153,7 +155,16 @@ class NativeScatter(ScatterBackend):
             f.result()
 
     def zero(self, sxy) -> None:
-        self._numba.zero(sxy)
+        if sxy.nbytes <= SMALL_ZERO_BYTES:  # one thread fills it in milliseconds, no numba needed
+            sxy.fill(0.0)
+            return
+        self._numba().zero(sxy)
+
+    def _numba(self):
+        """The numba strategy (imports numba: ~1.6 CPU s once per process, see numba_kernels)."""
+        if self._numba_scatter is None:
+            self._numba_scatter = nk.NumbaScatter(self.n_a, self.n_b, self.n_threads)
+        return self._numba_scatter
 
     def _scratch(self, name: str, size: int, dtype) -> np.ndarray:
         """A reused work buffer of at least ``size`` elements (grown as needed)."""
