@@ -181,3 +181,26 @@ def test_native_and_torch_paths_agree(monkeypatch):
     again = [selective_scan(*xs)] + list(grads(lambda: selective_scan(*xs), xs, gy))
     for a, b in zip(fast, again):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("batch,L,d,n,a_scale", [
+    (2, 50, 37, 5, 1.0),    # d not a multiple of the vector width, ragged last chunk
+    (3, 7, 1, 1, 1.0),      # one channel, one state, fewer positions than one chunk
+    (1, 33, 19, 3, 60.0),   # delta * A far below -87: the kernel's exp clamps there
+])
+def test_native_odd_shapes_match_float64_reference(batch, L, d, n, a_scale):
+    from universality.models import scan
+
+    xs = make_inputs(batch=batch, L=L, d=d, n=n, dtype=torch.float32, seed=7)
+    with torch.no_grad():
+        xs[2].mul_(a_scale)
+    xr = [x.detach().double().requires_grad_() for x in xs]
+    gy = torch.randn(batch, L, d)
+    assert scan.uses_kernel(xs[0])
+    y = selective_scan(*xs, workers=1)
+    y_ref = selective_scan_ref(*xr)
+    assert (y.double() - y_ref).abs().max().item() <= 1e-5 * y_ref.abs().max().item()
+    got = grads(lambda: selective_scan(*xs, workers=1), xs, gy)
+    ref = grads(lambda: selective_scan_ref(*xr), xr, gy.double())
+    for name, a, b in zip("u delta A B C D".split(), got, ref):
+        assert (a.double() - b).abs().max().item() <= 1e-5 * max(b.abs().max().item(), 1e-30), name

@@ -32,10 +32,12 @@ in-place ``addcmul_`` on a contiguous [batch, d_inner, d_state] slice (time-majo
 
 Two implementations of the same maths: the C kernel ``csrc/selective_scan.c`` (built on first
 use by :mod:`universality.core.native`; float32 without ``return_states``, i.e. every training step),
-which keeps each batch row's [d_inner, d_state] state in L1 and vectorises over d_state, and the
-torch code below (float64, returned states, or no C compiler). Measured on the 2-core dev box,
-one layer at batch 8 x 256, d_inner 256, d_state 16, one thread: fwd + bwd 25-40 ms (C) vs
-about 2.5x that (torch); ``benchmarks/mamba_train.py`` prints the whole-model gain.
+which keeps each batch row's state, laid out [d_state, d_inner], in cache and vectorises over
+d_inner, and the torch code below (float64, returned states, or no C compiler). Measured on the
+2-core dev box under load, one layer, d_inner 256, d_state 16, one thread: fwd + bwd 13-19 ms (C)
+at batch 8 x 256 and at 64 x 32, 2.3-2.5x faster than the previous [d_inner, d_state] kernel and
+4.3-7.8x faster than the torch code (``benchmarks/scan_kernel.py``); ``benchmarks/mamba_train.py``
+prints the whole-model gain.
 
 Threads: the batch is split into shards scanned by Python worker threads whose torch ops are
 single-threaded (see ``SCAN_WORKERS``); torch releases the GIL inside ops, so shards run in
@@ -259,8 +261,9 @@ def _shards(batch: int, workers: int) -> list[slice]:
     return [slice(bounds[i], bounds[i + 1]) for i in range(n)]
 
 
-#: Positions per chunk of the C kernel's backward (it recomputes one chunk of states at a time:
-#: chunk * d_inner * d_state floats of scratch per thread, 256 KiB at 16 x 256 x 16).
+#: Positions per chunk of the C kernel's backward (it recomputes one chunk of states and of
+#: exp(delta * A) at a time: 2 * chunk * d_inner * d_state floats of scratch per thread, 512 KiB
+#: at 16 x 256 x 16, which stays in a 1 MiB L2).
 NATIVE_CHUNK = 16
 
 
@@ -289,16 +292,18 @@ def _ptr(t: torch.Tensor) -> int:
 
 
 def _native_forward(lib, u, delta, A, B, C, D, chunk, workers):
-    """y [pos, batch, d] and the chunk-start states [n_chunks, batch, d, n] (float32, time-major)."""
+    """y [pos, batch, d] and the chunk-start states [n_chunks, batch, n, d] (float32, time-major;
+    the kernel's own layout, read only by ``_native_backward``)."""
     L, Bsz, d = u.shape
     n = A.shape[1]
+    At = A.t().contiguous()  # the kernel's state layout is [n, d]
     y = torch.empty_like(u)
-    starts = u.new_empty((L + chunk - 1) // chunk, Bsz, d, n)
+    starts = u.new_empty((L + chunk - 1) // chunk, Bsz, n, d)
     shards = _shards(Bsz, workers)
 
     def run(i):
-        h = u.new_empty(d, n)
-        lib.scan_forward(_ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(y),
+        h = u.new_empty((n + 1) * d)  # the state [n, d], then d floats of scratch
+        lib.scan_forward(_ptr(u), _ptr(delta), _ptr(At), _ptr(B), _ptr(C), _ptr(D), _ptr(y),
                          _ptr(starts), _ptr(h), L, Bsz, d, n, chunk, shards[i].start, shards[i].stop)
 
     _run_sharded(run, len(shards), workers)
@@ -309,21 +314,24 @@ def _native_backward(lib, u, delta, A, B, C, D, starts, gy, chunk, workers):
     """(gu, gdelta, gA, gB, gC, gD) of ``_native_forward``; partial sums added in shard order."""
     L, Bsz, d = u.shape
     n = A.shape[1]
+    At = A.t().contiguous()
     gu, gdelta = torch.empty_like(u), torch.empty_like(u)
     gB, gC = torch.empty_like(B), torch.empty_like(C)
     shards = _shards(Bsz, workers)
 
     def run(i):
-        gA, gD = A.new_zeros(d, n), D.new_zeros(d)
-        H, G, acc = u.new_empty(min(chunk, L), d, n), u.new_empty(d, n), u.new_empty(2 * n)
-        lib.scan_backward(_ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(starts),
+        gA, gD = A.new_zeros(n, d), D.new_zeros(d)  # gA transposed, as At
+        # H: one chunk of states, then of exp(delta * A); G: the carried gradient; acc: 3 [d]
+        H, G, acc = u.new_empty(2, min(chunk, L), n, d), u.new_empty(n, d), u.new_empty(3 * d)
+        lib.scan_backward(_ptr(u), _ptr(delta), _ptr(At), _ptr(B), _ptr(C), _ptr(D), _ptr(starts),
                           _ptr(gy), _ptr(gu), _ptr(gdelta), _ptr(gA), _ptr(gB), _ptr(gC), _ptr(gD),
                           _ptr(H), _ptr(G), _ptr(acc), L, Bsz, d, n, chunk, shards[i].start,
                           shards[i].stop)
         return gA, gD
 
     parts = _run_sharded(run, len(shards), workers)
-    return gu, gdelta, sum(p[0] for p in parts), gB, gC, sum(p[1] for p in parts)
+    gA = sum(p[0] for p in parts).t().contiguous()
+    return gu, gdelta, gA, gB, gC, sum(p[1] for p in parts)
 
 
 class SelectiveScanFn(torch.autograd.Function):
