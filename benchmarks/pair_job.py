@@ -1,0 +1,89 @@
+"""Benchmark: one default-sized Pearson pair job's CPU seconds, with and without numba loaded.
+
+    python benchmarks/pair_job.py              # 5 interleaved rounds
+    python benchmarks/pair_job.py --rounds 8 --tokens 65536 --features 1024
+
+A pair job of the default run (65,536 eval tokens, 1,024 SAE features per side, float32) does
+little arithmetic: its cost is the process itself. Each round runs two fresh Python processes
+side by side in turn (so that load from other processes hits both alike), each importing the
+package, streaming one synthetic SAE-like pair through ``PearsonAccumulator`` and writing the
+result:
+
+  ours       the default: C scatter, NumPy maxima (``moments.SMALL_MAXIMA_CELLS``), numba
+             never imported
+  baseline   the same with ``SMALL_MAXIMA_CELLS = 0`` and numba's zero fill, i.e. what every
+             pair job did before numba was loaded on first use: import numba, set up its
+             target, load the cached kernels
+
+Prints the median process CPU seconds (user + system, from ``os.wait4``) of each and the ratio
+baseline / ours, and checks that both wrote the same maxima.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+CHILD = r"""
+import sys
+import numpy as np, scipy.sparse as sp
+from universality.compare.pearson import PearsonAccumulator, moments, native
+if sys.argv[1] == "baseline":
+    moments.SMALL_MAXIMA_CELLS = 0
+    native.SMALL_ZERO_BYTES = -1
+tokens, feats, out = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rng = np.random.default_rng(0)
+def sae(seed):
+    m = sp.random(tokens, feats, density=32 / feats, format="csr", dtype=np.float32, random_state=seed)
+    m.data = np.abs(m.data) + 0.01
+    return m
+a, b = sae(1), sae(2)
+acc = PearsonAccumulator(feats, feats, backend="cpu", mode="sparse")
+for t0 in range(0, tokens, 8192):
+    acc.update(a[t0:t0 + 8192], b[t0:t0 + 8192])
+r = acc.result(top_k=5)
+np.savez(out, row_max=r["row_max"], row_arg=r["row_arg"], col_max=r["col_max"], col_arg=r["col_arg"])
+print("numba" in sys.modules)
+"""
+
+
+def run_child(kind: str, tokens: int, feats: int, out: str) -> tuple[float, str]:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, kind, str(tokens), str(feats), out],
+                            stdout=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{kind} child failed with exit code {proc.returncode}")
+    return usage.ru_utime + usage.ru_stime, proc.stdout.read().strip()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--tokens", type=int, default=65536)
+    p.add_argument("--features", type=int, default=1024)
+    args = p.parse_args(argv)
+    import numpy as np
+
+    times = {"ours": [], "baseline": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = {k: os.path.join(tmp, f"{k}.npz") for k in times}
+        for r in range(args.rounds):
+            for kind in (("ours", "baseline") if r % 2 == 0 else ("baseline", "ours")):
+                cpu, numba_loaded = run_child(kind, args.tokens, args.features, outs[kind])
+                times[kind].append(cpu)
+                print(f"round {r} {kind:9s} {cpu:5.2f} CPU s  numba imported: {numba_loaded}", flush=True)
+        a, b = np.load(outs["ours"]), np.load(outs["baseline"])
+        same = all(np.array_equal(a[k], b[k], equal_nan=True) for k in a.files)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"load average {os.getloadavg()[0]:.1f}; median CPU s: ours {med['ours']:.2f} "
+          f"[{min(times['ours']):.2f}-{max(times['ours']):.2f}], baseline {med['baseline']:.2f} "
+          f"[{min(times['baseline']):.2f}-{max(times['baseline']):.2f}]; "
+          f"baseline / ours = {med['baseline'] / med['ours']:.2f}x; same maxima: {same}")
+
+
+if __name__ == "__main__":
+    main()
