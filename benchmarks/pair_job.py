@@ -6,8 +6,8 @@
 A pair job of the default run (65,536 eval tokens, 1,024 SAE features per side, float32) does
 little arithmetic: its cost is the process itself. Each round runs two fresh Python processes
 side by side in turn (so that load from other processes hits both alike), each importing the
-package, streaming one synthetic SAE-like pair through ``PearsonAccumulator`` and writing the
-result:
+package, reading one synthetic SAE-like pair (written once by the parent) and streaming it
+through ``PearsonAccumulator``, and writing the result:
 
   ours       the default: C scatter, NumPy maxima (``moments.SMALL_MAXIMA_CELLS``), numba
              never imported
@@ -34,13 +34,9 @@ from universality.compare.pearson import PearsonAccumulator, moments, native
 if sys.argv[1] == "baseline":
     moments.SMALL_MAXIMA_CELLS = 0
     native.SMALL_ZERO_BYTES = -1
-tokens, feats, out = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-rng = np.random.default_rng(0)
-def sae(seed):
-    m = sp.random(tokens, feats, density=32 / feats, format="csr", dtype=np.float32, random_state=seed)
-    m.data = np.abs(m.data) + 0.01
-    return m
-a, b = sae(1), sae(2)
+a_file, b_file, out = sys.argv[2], sys.argv[3], sys.argv[4]
+a, b = sp.load_npz(a_file).tocsr(), sp.load_npz(b_file).tocsr()
+tokens, feats = a.shape
 acc = PearsonAccumulator(feats, feats, backend="cpu", mode="sparse")
 for t0 in range(0, tokens, 8192):
     acc.update(a[t0:t0 + 8192], b[t0:t0 + 8192])
@@ -50,8 +46,8 @@ print("numba" in sys.modules)
 """
 
 
-def run_child(kind: str, tokens: int, feats: int, out: str) -> tuple[float, str]:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, kind, str(tokens), str(feats), out],
+def run_child(kind: str, a_file: str, b_file: str, out: str) -> tuple[float, str]:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, kind, a_file, b_file, out],
                             stdout=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -67,13 +63,21 @@ def main(argv=None) -> None:
     p.add_argument("--features", type=int, default=1024)
     args = p.parse_args(argv)
     import numpy as np
+    import scipy.sparse as sp
 
     times = {"ours": [], "baseline": []}
     with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for seed in (1, 2):  # SAE-like: ~32 active features per token, positive values
+            m = sp.random(args.tokens, args.features, density=32 / args.features, format="csr",
+                          dtype=np.float32, random_state=seed)
+            m.data = np.abs(m.data) + 0.01
+            files.append(os.path.join(tmp, f"side{seed}.npz"))
+            sp.save_npz(files[-1], m)
         outs = {k: os.path.join(tmp, f"{k}.npz") for k in times}
         for r in range(args.rounds):
             for kind in (("ours", "baseline") if r % 2 == 0 else ("baseline", "ours")):
-                cpu, numba_loaded = run_child(kind, args.tokens, args.features, outs[kind])
+                cpu, numba_loaded = run_child(kind, *files, outs[kind])
                 times[kind].append(cpu)
                 print(f"round {r} {kind:9s} {cpu:5.2f} CPU s  numba imported: {numba_loaded}", flush=True)
         a, b = np.load(outs["ours"]), np.load(outs["baseline"])
