@@ -9,9 +9,9 @@ side by side in turn (so that load from other processes hits both alike), each i
 package, reading one synthetic SAE-like pair (written once by the parent) and streaming it
 through ``PearsonAccumulator``, and writing the result:
 
-  ours       the default: C scatter, NumPy maxima (``moments.SMALL_MAXIMA_CELLS``), numba
-             never imported
-  baseline   the same with ``SMALL_MAXIMA_CELLS = 0`` and numba's zero fill, i.e. what every
+  ours       the default: C scatter, NumPy maxima and zero fill
+             (``numba_kernels.NUMPY_MAX_CELLS``), numba never imported
+  baseline   the same with ``NUMPY_MAX_CELLS = 0`` (numba's maxima and zero fill), i.e. what every
              pair job did before numba was loaded on first use: import numba, set up its
              target, load the cached kernels
 
@@ -30,10 +30,9 @@ import tempfile
 CHILD = r"""
 import sys
 import numpy as np, scipy.sparse as sp
-from universality.compare.pearson import PearsonAccumulator, moments, native
+from universality.compare.pearson import PearsonAccumulator, numba_kernels
 if sys.argv[1] == "baseline":
-    moments.SMALL_MAXIMA_CELLS = 0
-    native.SMALL_ZERO_BYTES = -1
+    numba_kernels.NUMPY_MAX_CELLS = 0
 a_file, b_file, out = sys.argv[2], sys.argv[3], sys.argv[4]
 a, b = sp.load_npz(a_file).tocsr(), sp.load_npz(b_file).tocsr()
 tokens, feats = a.shape

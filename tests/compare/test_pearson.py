@@ -414,10 +414,8 @@ def test_native_kernel_recovers_after_a_rejected_buffer():
 
 def test_xp_finaliser_matches_numba_finaliser(sparse_pair, monkeypatch):
     """The array-module finaliser (GPU / no-numba path, and on the CPU every matrix up to
-    SMALL_MAXIMA_CELLS) gives bitwise the numba finaliser's maxima, excluded features and
+    numba_kernels.NUMPY_MAX_CELLS) gives bitwise the numba finaliser's maxima, excluded features and
     ties included."""
-    from universality.compare.pearson import moments as P_moments
-
     a, b, _ = sparse_pair
     b = b.tolil()
     b[:, 3] = 0  # an excluded B feature (never fires)
@@ -425,7 +423,8 @@ def test_xp_finaliser_matches_numba_finaliser(sparse_pair, monkeypatch):
     b = b.tocsr()
     acc = PearsonAccumulator(a.shape[1], b.shape[1], backend="cpu")
     acc.update(a, b)
-    monkeypatch.setattr(P_moments, "SMALL_MAXIMA_CELLS", 0)  # the numba kernel
+    default = P_numba.NUMPY_MAX_CELLS
+    monkeypatch.setattr(P_numba, "NUMPY_MAX_CELLS", 0)  # the numba kernel
     res = acc.result()
     assert res["excluded_b"] >= 1 and not res["valid_b"][3]
     fa, fb = acc._finish_side(acc._side["a"]), acc._finish_side(acc._side["b"])
@@ -436,7 +435,7 @@ def test_xp_finaliser_matches_numba_finaliser(sparse_pair, monkeypatch):
     okc = np.isfinite(cm)
     assert np.array_equal(cm[okc].astype(np.float32), res["col_max"][okc])
     assert np.array_equal(np.where(okc, ca, -1), res["col_arg"])
-    monkeypatch.setattr(P_moments, "SMALL_MAXIMA_CELLS", 1 << 22)  # NumPy, the default here
+    monkeypatch.setattr(P_numba, "NUMPY_MAX_CELLS", default)  # NumPy, the default here
     small = acc.result()
     for k in ("row_max", "row_arg", "col_max", "col_arg"):
         assert np.array_equal(small[k], res[k], equal_nan=True), k

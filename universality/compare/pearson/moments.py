@@ -26,10 +26,6 @@ import numpy as np
 from universality.compare.pearson import numba_kernels as nk
 
 
-#: Up to this many cells of ``sxy`` (32 MiB of float64) the maxima are NumPy's (see :func:`maxima`).
-SMALL_MAXIMA_CELLS = 1 << 22
-
-
 def new_side(xp, n: int) -> dict:
     """Zeroed moments of ``n`` features on ``xp``'s device (all arrays [n])."""
     return {
@@ -127,10 +123,10 @@ def maxima(xp, sxy, n: float, fa: dict, fb: dict, n_threads: int):
     """Row and column max/argmax of ``r`` from ``sxy`` [n_a, n_b] and the finished sides:
     (row_max [n_a] f64 (-inf where none), row_arg [n_a] i64 (-1), col_max [n_b], col_arg
     [n_b]).  The numba kernel on CPU where numba is installed and ``sxy`` has more than
-    :data:`SMALL_MAXIMA_CELLS` cells, else :func:`maxima_xp` (bitwise the same maxima: tested).
+    ``numba_kernels.NUMPY_MAX_CELLS`` cells, else :func:`maxima_xp` (bitwise the same maxima: tested).
     Why not numba always: its first call costs ~1.6 CPU s per process (numba_kernels), NumPy
     takes ~30 ms on a default-sized 1024 x 1024 pair."""
-    if xp is not np or not nk.HAVE_NUMBA or sxy.size <= SMALL_MAXIMA_CELLS:
+    if xp is not np or not nk.HAVE_NUMBA or sxy.size <= nk.NUMPY_MAX_CELLS:
         return maxima_xp(xp, sxy, n, fa, fb)
     groups = max(1, 4 * n_threads)
     bounds = np.linspace(0, sxy.shape[0], groups + 1).astype(np.int64)

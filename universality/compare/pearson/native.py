@@ -25,9 +25,6 @@ NATIVE_VARIANT = 1
 #: C kernel, rows narrower than SXY_PREFETCH_ROW_BYTES: prefetch row i+1 of sxy while row i
 #: is summed when feature i+1 has at least this many entries in the buffer (0: off).
 ROW_PREFETCH_MIN_ENTRIES = 1
-#: ``sxy`` up to this size is zeroed by NumPy on the calling thread (a default-sized layer pair,
-#: 1024 x 1024 float64 = 8 MiB, in ~2 ms), larger by numba's parallel fill.
-SMALL_ZERO_BYTES = 64 << 20
 #: Record of one A entry in the C kernel's CSC buffer (``entry_t``): token, value.
 _ENTRY = np.dtype([("tok", np.int32), ("val", np.float32)])
 _pools: dict = {}
@@ -155,7 +152,7 @@ class NativeScatter(ScatterBackend):
             f.result()
 
     def zero(self, sxy) -> None:
-        if sxy.nbytes <= SMALL_ZERO_BYTES:  # one thread fills it in milliseconds, no numba needed
+        if sxy.size <= nk.NUMPY_MAX_CELLS:  # one thread fills it in milliseconds, no numba needed
             sxy.fill(0.0)
             return
         self._numba().zero(sxy)

@@ -42,6 +42,11 @@ PREFETCH_AHEAD = 8
 SXY_PREFETCH_AHEAD = 2
 SXY_PREFETCH_ROW_BYTES = 65536
 
+#: An ``sxy`` of up to this many cells (32 MiB of float64; a default-sized 1024 x 1024 pair has
+#: 1M) is zeroed and scanned for its maxima by NumPy, a larger one by the numba kernels: below
+#: it, loading numba costs more than its parallel passes save.
+NUMPY_MAX_CELLS = 1 << 22
+
 #: What :mod:`.numba_impl` provides (loaded on first access).
 _KERNELS = frozenset({"NumbaScatter", "sparse_moments", "zero_fill", "maxima"})
 
