@@ -44,6 +44,7 @@ except Exception:  # pragma: no cover - numba internals moved: run without prefe
     def _prefetch(arr, idx):
         pass
 
+
 @_pjit
 def _transpose_a(indptr, indices, data, n_cols, b_indptr, n_parts):  # pragma: no cover - compiled
     """A's CSR chunk [T, F_A] -> feature-major (CSC) entries, each tagged with its token's
@@ -94,6 +95,7 @@ def _transpose_a(indptr, indices, data, n_cols, b_indptr, n_parts):  # pragma: n
                 nxt[c] = q + 1
     return colptr, vals, start, length
 
+
 @_njit
 def _balanced_bounds(colptr, length, n_groups):  # pragma: no cover - compiled
     """Split A features into ``n_groups`` contiguous ranges of about equal work.
@@ -123,6 +125,7 @@ def _balanced_bounds(colptr, length, n_groups):  # pragma: no cover - compiled
         g += 1
     return bounds
 
+
 @_njit
 def sparse_moments(indices, data, sx, sxx, nnz, stored, vmin, vmax):  # pragma: no cover
     """One pass over a CSR chunk's entries: per-feature sum, sum of squares, non-zero
@@ -139,6 +142,7 @@ def sparse_moments(indices, data, sx, sxx, nnz, stored, vmin, vmax):  # pragma: 
             vmin[j] = v
         if v > vmax[j]:
             vmax[j] = v
+
 
 @_pjit
 def _moments_and_pack(a_idx, a_val, a_sx, a_sxx, a_nnz, a_stored, a_vmin, a_vmax,
@@ -157,6 +161,7 @@ def _moments_and_pack(a_idx, a_val, a_sx, a_sxx, a_nnz, a_stored, a_vmin, a_vmax
             for k in range(b_idx.size):
                 packed[2 * k] = b_idx[k]
                 packed_val[2 * k + 1] = b_val[k]
+
 
 @_pjit
 def _scatter_rows(S, colptr, vals, start, length, packed, packed_val, bounds, ahead, line,
@@ -199,6 +204,7 @@ def _scatter_rows(S, colptr, vals, start, length, packed, packed_val, bounds, ah
                 for k in range(0, e, 2):
                     row[np.uint32(bi[k])] += a * np.float64(bv[k + 1])
 
+
 @_pjit
 def zero_fill(S):  # pragma: no cover - compiled
     """``S[:] = 0`` in parallel slabs."""
@@ -206,6 +212,7 @@ def zero_fill(S):  # pragma: no cover - compiled
     n = flat.size
     for c in _nb.prange(64):
         flat[n * c // 64 : n * (c + 1) // 64] = 0.0
+
 
 @_njit
 def _row_max8(r):  # pragma: no cover - compiled
@@ -224,6 +231,7 @@ def _row_max8(r):  # pragma: no cover - compiled
         best = r[j] if r[j] > best else best
     return best
 
+
 @_njit
 def _first_equal8(r, value):  # pragma: no cover - compiled
     """The smallest j with ``r[j] == value`` (-1 if none), testing eight values at a time."""
@@ -240,6 +248,7 @@ def _first_equal8(r, value):  # pragma: no cover - compiled
         if r[j] == value:
             return j
     return -1
+
 
 @_pjit
 def maxima(S, n, sx_a, inv_a, valid_a, sx_b, inv_b, neg_b, bounds):  # pragma: no cover
