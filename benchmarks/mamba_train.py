@@ -131,20 +131,11 @@ def main(argv=None):
     print(f"params: MambaLM {n_params(ours):,} (d_model 128, 8 layers, d_state 16, expand 2); "
           f"GPT-NeoX {n_params(neox):,} (d_model 128, 4 layers, 4 heads, d_mlp 512)")
 
-    @contextlib.contextmanager
-    def torch_scan():
-        """Our MambaLM with the scan's torch fallback instead of the C kernel."""
-        native, scan._native = scan._native, lambda: None
-        try:
-            yield
-        finally:
-            scan._native = native
-
     print(f"C scan kernel: {'built' if scan._native() is not None else 'NOT available'}")
     fast = [Trainer("ours", ours, args.batch, args.seq, args.vocab, args.seed),
             Trainer("neox", neox, args.batch, args.seq, args.vocab, args.seed),
             Trainer("ours-torchscan", copy.deepcopy(ours), args.batch, args.seq, args.vocab,
-                    args.seed, torch_scan)]
+                    args.seed, scan.torch_fallback)]
     for _ in range(args.warmup):
         for tr in fast:
             tr.step(record=False)

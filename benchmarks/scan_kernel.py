@@ -12,6 +12,7 @@ pairs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -48,8 +49,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    native = scan._native
-    if native() is None:
+    if scan._native() is None:
         raise SystemExit("the C kernel did not build")
     for shape in args.shape or [(8, 256, 256, 16), (64, 32, 256, 16)]:
         xs, gy = inputs(*shape)
@@ -57,11 +57,8 @@ def main(argv=None):
             times = {"C": [], "torch": []}
             for _ in range(args.repeat + 1):  # the first round warms up and is dropped
                 for name in times:
-                    scan._native = native if name == "C" else (lambda: None)
-                    try:
+                    with scan.torch_fallback() if name == "torch" else contextlib.nullcontext():
                         times[name].append(timed(xs, gy, backward))
-                    finally:
-                        scan._native = native
             c, tt = times["C"][1:], times["torch"][1:]
             pairs = sorted(b / a for a, b in zip(c, tt))
             print(f"{tuple(shape)} {'fwd+bwd' if backward else 'fwd    '}: C {min(c) * 1e3:7.1f} ms, "

@@ -204,3 +204,21 @@ def test_native_odd_shapes_match_float64_reference(batch, L, d, n, a_scale):
     ref = grads(lambda: selective_scan_ref(*xr), xr, gy.double())
     for name, a, b in zip("u delta A B C D".split(), got, ref):
         assert (a.double() - b).abs().max().item() <= 1e-5 * max(b.abs().max().item(), 1e-30), name
+
+
+def test_torch_fallback_runs_the_torch_path_and_restores_the_kernel(monkeypatch):
+    """``scan.torch_fallback()`` (the benchmarks' baseline) gives bitwise what a machine
+    without the C kernel computes, and the kernel is back after it, even after an error."""
+    from universality.models import scan
+
+    xs = make_inputs(batch=2, L=20, d=8, n=4, dtype=torch.float32, seed=3)
+    assert scan.uses_kernel(xs[0])
+    with scan.torch_fallback():
+        assert not scan.uses_kernel(xs[0])
+        inside = selective_scan(*xs)
+    assert scan.uses_kernel(xs[0])
+    with pytest.raises(RuntimeError), scan.torch_fallback():
+        raise RuntimeError("inside")
+    assert scan.uses_kernel(xs[0])
+    monkeypatch.setattr(scan, "_native", lambda: None)  # no C kernel at all
+    assert torch.equal(inside, selective_scan(*xs))

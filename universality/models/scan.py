@@ -64,6 +64,7 @@ __all__ = [
     "SCAN_WORKERS",
     "SelectiveScanFn",
     "selective_scan",
+    "torch_fallback",
     "uses_kernel",
 ]
 
@@ -267,8 +268,27 @@ def _shards(batch: int, workers: int) -> list[slice]:
 NATIVE_CHUNK = 16
 
 
+#: Set by :func:`torch_fallback`: every scan takes the torch path.
+_TORCH_ONLY = False
+
+
+@contextmanager
+def torch_fallback():
+    """Inside, every scan runs the torch code instead of the C kernel (what a machine without a
+    C compiler runs): the benchmarks' baseline."""
+    global _TORCH_ONLY
+    old, _TORCH_ONLY = _TORCH_ONLY, True
+    try:
+        yield
+    finally:
+        _TORCH_ONLY = old
+
+
 def _native():
-    """The C kernel (universality/csrc/selective_scan.c) or None; see ``universality.core.native``."""
+    """The C kernel (universality/csrc/selective_scan.c) or None (no compiler, or inside
+    :func:`torch_fallback`); see ``universality.core.native``."""
+    if _TORCH_ONLY:
+        return None
     lib = native.load("selective_scan")
     if lib is not None and not getattr(lib, "_typed", False):
         P, I = ctypes.c_void_p, ctypes.c_int
