@@ -106,7 +106,9 @@ rule activations:
         paths.log("activations", "{model}", "{site}"),
     benchmark:
         paths.benchmark("activations", "model", "site"),
-    threads: 2
+    # 1, not 2: with 2 threads it used 1.24 cores (87 CPU s, 70 s wall over 10 jobs) and could not
+    # start beside a 1-thread training, so one core idled (70 s beside the last training).
+    threads: 1
     resources:
         mem_mb=6000,
     conda:

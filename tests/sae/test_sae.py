@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -252,6 +254,30 @@ def test_adam_matches_torch_and_state_round_trips():
         fresh.step(gs)
     for a, b in zip(ours.params, fresh.params):
         assert torch.equal(a, b)
+
+
+def test_adam_is_bitwise_torch_fused_adam_and_skips_dynamo():
+    g = torch.Generator().manual_seed(17)
+    init = [torch.randn(64, 32, generator=g), torch.randn(32, generator=g)]
+    ours = Adam([p.clone() for p in init], lr=3e-3, betas=(0.9, 0.99), eps=1e-6)
+    ref = [torch.nn.Parameter(p.clone()) for p in init]
+    ref_opt = torch.optim.Adam(ref, lr=3e-3, betas=(0.9, 0.99), eps=1e-6, fused=True)
+    for k in range(5):
+        gs = [torch.randn(64, 32, generator=g), torch.randn(32, generator=g)]
+        lr = 3e-3 * (1 - k / 10)  # a schedule, as the trainer's
+        ours.step(gs, lr)
+        ref_opt.param_groups[0]["lr"] = lr
+        for p, gr in zip(ref, gs):
+            p.grad = gr
+        ref_opt.step()
+    for a, b in zip(ours.params, ref):
+        assert torch.equal(a.detach(), b.detach())
+    # why it exists: a torch.optim optimiser imports torch._dynamo (1.7 s per SAE job)
+    code = ("import sys, torch; from universality.sae.optim import Adam; "
+            "o = Adam([torch.zeros(3)], lr=1e-3); o.step([torch.ones(3)]); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # ------------------------------------------------------------------------------- data
