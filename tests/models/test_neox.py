@@ -162,3 +162,19 @@ def test_patching_one_head_changes_only_later_positions_and_that_head(model):
             patched = model(x)
     assert torch.equal(patched[:, :8], clean[:, :8])
     assert (patched[:, 8:] - clean[:, 8:]).abs().max() > 1e-3
+
+
+def test_gelu_is_bitwise_transformers_activation():
+    """The MLP's ``gelu`` is ``nn.GELU()`` (no transformers.activations import), and gives
+    exactly what transformers' ``ACT2FN["gelu"]`` gives, values and gradients."""
+    from transformers.activations import ACT2FN
+
+    from universality.models.gpt_neox import _act
+
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(3)) * 4
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = _act("gelu")(a), ACT2FN["gelu"](b)
+    assert torch.equal(ya, yb)
+    ya.sum().backward(), yb.sum().backward()
+    assert torch.equal(a.grad, b.grad)
+    assert type(_act("gelu_new")) is type(ACT2FN["gelu_new"])  # other names: transformers' own

@@ -51,7 +51,12 @@ BLOCK_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_ou
 
 
 def _act(name: str):
-    from transformers.activations import ACT2FN  # the exact activation transformers uses
+    """The activation transformers uses for ``hidden_act``. ``"gelu"`` (every toy and Pythia) is
+    ``nn.GELU()``: transformers' ``GELUActivation`` calls the same ``F.gelu`` (bitwise: test), and
+    importing ``transformers.activations`` costs ~1.1 CPU s in every job that loads a model."""
+    if name == "gelu":
+        return nn.GELU()
+    from transformers.activations import ACT2FN
 
     return ACT2FN[name]
 
