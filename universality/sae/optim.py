@@ -29,10 +29,9 @@ class Adam:
         self.eps = float(eps)
         if fused is None:
             fused = self.params[0].device.type in ("cpu", "cuda")
-        self.fused = bool(fused) and hasattr(torch, "_fused_adam_")
         self.state: dict[int, dict[str, torch.Tensor]] = {}  # index into params -> moments, step
-        self._fallback = None
-        if not self.fused:
+        self._fallback = None  # torch.optim.Adam where there is no fused kernel
+        if not (fused and hasattr(torch, "_fused_adam_")):
             self._fallback = torch.optim.Adam(self.params, foreach=False, lr=self.lr, betas=self.betas, eps=self.eps)
 
     @property
