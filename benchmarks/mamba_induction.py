@@ -8,17 +8,26 @@ The measurement behind the README's Mamba warm-up table (and the choice of
 
     python benchmarks/mamba_induction.py --steps 1000 --len 32 --rows 64          # README table
     python benchmarks/mamba_induction.py --steps 600 --len 64 --rows 32           # NeoX recipe
+    python benchmarks/mamba_induction.py --layers 8 --len 64 --rows 32            # presets/study.yaml
+    python benchmarks/mamba_induction.py --arch gpt_neox --layers 4 --steps 400 --len 64 --rows 32
+
+``--arch`` runs the same measurement for another architecture of the registry.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from universality.models import registry as models
-from universality.zoo import train as zoo
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from universality.models import registry as models  # noqa: E402
+from universality.zoo import train as zoo  # noqa: E402
 
 
 def main(argv=None):
@@ -27,6 +36,7 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--len", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--arch", default="mamba", help="any registry architecture (gpt_neox, rwkv: 4 heads)")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--vocab", type=int, default=1024)
@@ -36,8 +46,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    spec = dict(arch="mamba", seed=0, d_model=128, n_layers=args.layers, d_state=args.d_state,
-                expand=2, d_conv=4)
+    spec = dict(arch=args.arch, seed=0, d_model=128, n_layers=args.layers)
+    spec.update(dict(d_state=args.d_state, expand=2, d_conv=4) if args.arch == "mamba" else
+                dict(n_heads=4) if args.arch == "gpt_neox" else {})
     model = models.build_model(models.build_config(spec, args.vocab, 256, 0)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     t0 = time.perf_counter()

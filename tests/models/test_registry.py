@@ -196,3 +196,62 @@ def test_workflow_config_accepts_any_registered_architecture(toy_arch):
     bad["models"]["t"].update(arch="toy_neox", n_heads=3)
     with pytest.raises(ConfigError, match=r"models\.t\.n_heads: d_model 16 is not divisible"):
         validate(bad)
+
+
+SPECS = {
+    "gpt_neox": {"arch": "gpt_neox", "d_model": 16, "n_layers": 2, "n_heads": 2},
+    "mamba": {"arch": "mamba", "d_model": 16, "n_layers": 2, "d_state": 4},
+    "rwkv": {"arch": "rwkv", "d_model": 16, "n_layers": 2},
+}
+HF_CONFIG = {"gpt_neox": "GPTNeoXConfig", "mamba": "MambaConfig", "rwkv": "RwkvConfig"}
+
+
+@pytest.mark.parametrize("arch", sorted(SPECS))
+def test_saved_config_is_read_without_transformers_and_equals_its_class(arch, tmp_path):
+    """A config.json transformers 5 wrote is read as a SavedConfig: the same values as
+    transformers' class gives, the same logits, the same folder when saved again."""
+    import transformers
+
+    torch.manual_seed(0)
+    model = models.build_model(models.build_config(SPECS[arch], VOCAB, 64, 0)).eval()
+    models.save_model(model, tmp_path / "a")
+    again = models.load_model(tmp_path / "a")
+    assert isinstance(again.config, models.SavedConfig)
+    reference = getattr(transformers, HF_CONFIG[arch]).from_pretrained(str(tmp_path / "a"))
+    assert again.config.to_hf().to_dict() == reference.to_dict()
+    with torch.no_grad():
+        assert torch.equal(again(x_ids()), model(x_ids()))
+    models.save_model(again, tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "config.json").read_text()) == \
+        json.loads((tmp_path / "a" / "config.json").read_text())
+
+
+def test_a_config_lacking_a_key_goes_through_transformers(tmp_path):
+    """A legacy config.json (Pythia's rotary_pct instead of rope_parameters) is read by
+    transformers' class, which derives the key; the forward is unchanged."""
+    torch.manual_seed(0)
+    model = models.build_model(models.build_config(SPECS["gpt_neox"], VOCAB, 64, 0)).eval()
+    model.to_hf().save_pretrained(str(tmp_path))
+    values = json.loads((tmp_path / "config.json").read_text())
+    values["rotary_pct"] = values.pop("rope_parameters")["partial_rotary_factor"]
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    again = models.load_model(tmp_path, external=True)
+    assert isinstance(again.config, GPTNeoXConfig)
+    assert again.config.rope_parameters["partial_rotary_factor"] == 1.0
+    with torch.no_grad():
+        assert torch.equal(again(x_ids()), model(x_ids()))
+
+
+def test_loading_a_toy_model_imports_no_transformers(tmp_path):
+    import subprocess
+    import sys
+
+    for arch, spec in SPECS.items():
+        torch.manual_seed(0)
+        models.save_model(models.build_model(models.build_config(spec, VOCAB, 64, 0)), tmp_path / arch)
+    code = ("import sys; from universality.models import registry as r; import universality.models.gpt_neox, "
+            "universality.models.mamba, universality.models.rwkv\n"
+            f"for a in {sorted(SPECS)!r}: r.load_model({str(tmp_path)!r} + '/' + a)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -23,7 +23,7 @@ def test_defaults_filled():
     assert model_layers(cfg, "mamba") == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "presets/micro.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "presets/micro.yaml", "presets/study.yaml"])
 def test_shipped_configs_validate(repo, name):
     validate(yaml.safe_load((repo / name).read_text()))
 

@@ -41,7 +41,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from universality.core.hooks import HookPoint
-from universality.models.registry import Architecture, register
+from universality.models.registry import Architecture, hf_config, read_config, register
+
+#: config.json keys our forward reads: a config.json stating all of them is read without
+#: transformers (registry.read_config).
+CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "hidden_act", "layer_norm_eps", "rope_parameters", "use_parallel_residual",
+                  "attention_bias", "tie_word_embeddings", "vocab_size")
 
 __all__ = ["NeoXLM", "GPTNeoX", "ADAPTER", "ATTN_HOOKS", "BLOCK_HOOKS", "MLP_HOOKS"]
 
@@ -263,7 +269,7 @@ class NeoXLM(nn.Module):
         """An equal-weight ``transformers.GPTNeoXForCausalLM`` (e.g. to ``save_pretrained``)."""
         from transformers import GPTNeoXForCausalLM
 
-        hf = GPTNeoXForCausalLM(copy.deepcopy(self.config))
+        hf = GPTNeoXForCausalLM(hf_config(self.config))
         hf.load_state_dict(self.state_dict())
         p = next(self.parameters())
         return hf.to(device=p.device, dtype=p.dtype).train(self.training)
@@ -272,10 +278,9 @@ class NeoXLM(nn.Module):
     def from_pretrained(cls, path, dtype: torch.dtype = torch.float32) -> "NeoXLM":
         """Load a ``save_pretrained`` directory from safetensors only (no pickle, no remote code)."""
         from safetensors.torch import load_file
-        from transformers import GPTNeoXConfig
 
         path = Path(path)
-        config = GPTNeoXConfig.from_pretrained(str(path))
+        config = read_config(path, "GPTNeoXConfig", CONFIG_KEYS)
         index = path / "model.safetensors.index.json"
         if index.exists():
             files = [path / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]

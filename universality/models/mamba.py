@@ -53,9 +53,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from universality.core.hooks import HookPoint
-from universality.models.registry import Architecture, register
+from universality.models.registry import Architecture, hf_config, read_config, register
 from universality.models.scan import DEFAULT_CHUNK, selective_scan, uses_kernel
 from universality.models.ssm_states import first_changed_position, propagate_state_patch, states_to_output
+
+#: config.json keys our forward reads: a config.json stating all of them is read without
+#: transformers (registry.read_config).
+CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "intermediate_size", "state_size", "conv_kernel",
+                  "time_step_rank", "use_bias", "use_conv_bias", "hidden_act", "layer_norm_epsilon",
+                  "residual_in_fp32", "tie_word_embeddings", "vocab_size")
 
 __all__ = ["MambaLM", "MambaBlock", "MambaMixer", "RMSNorm", "CausalConvSiLU", "causal_conv_silu",
            "MIXER_HOOKS", "BLOCK_HOOKS", "Mamba", "ADAPTER"]
@@ -356,7 +362,7 @@ class MambaLM(nn.Module):
         """An equal-weight ``transformers.MambaForCausalLM`` (e.g. to ``save_pretrained``)."""
         from transformers import MambaForCausalLM
 
-        hf = MambaForCausalLM(copy.deepcopy(self.config))
+        hf = MambaForCausalLM(hf_config(self.config))
         hf.load_state_dict(self.state_dict())
         p = next(self.parameters())
         return hf.to(device=p.device, dtype=p.dtype).train(self.training)
@@ -375,10 +381,9 @@ class MambaLM(nn.Module):
             dtype: cast parameters to this dtype (None keeps the stored dtype).
         """
         from safetensors.torch import load_file
-        from transformers import MambaConfig
 
         path = Path(path)
-        config = MambaConfig.from_pretrained(str(path))
+        config = read_config(path, "MambaConfig", CONFIG_KEYS)
         index = path / "model.safetensors.index.json"
         if index.exists():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))

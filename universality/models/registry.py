@@ -31,7 +31,7 @@ from universality.core import hooks, integrity
 
 __all__ = ["Architecture", "ARCHITECTURES", "register", "get", "arch_of", "build_config", "build_model",
            "check_model_folder", "load_model", "save_model", "logits_of", "n_layers", "capture", "site_width", "patch_resid",
-           "hook_names"]
+           "hook_names", "SavedConfig", "read_config", "hf_config"]
 
 
 class Architecture:
@@ -103,6 +103,49 @@ class Architecture:
     def unembed(self, model: nn.Module, resid: torch.Tensor) -> torch.Tensor:
         """Final norm and head: [..., d_model] -> logits [..., vocab] float32."""
         return model.unembed(resid)
+
+
+class SavedConfig:
+    """A ``config.json`` written by transformers 5 for a model built here, as attributes.
+
+    Reading it needs no transformers import: the config classes pull in
+    ``transformers.configuration_utils`` (and through it ``torch.distributed.tensor``), ~0.6-0.9
+    CPU s in every job that loads a model, for a JSON file whose keys are already complete.
+    ``to_hf()`` gives the transformers config (for ``to_hf`` / ``save_pretrained``).
+    """
+
+    def __init__(self, values: dict, hf_class: str):
+        self.__dict__.update(json.loads(json.dumps(values)))   # a deep copy of plain JSON values
+        self.__dict__["_hf_class"] = hf_class
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "_hf_class"}
+
+    def to_hf(self):
+        import transformers
+
+        return getattr(transformers, self._hf_class).from_dict(self.to_dict())
+
+
+def read_config(path: Path, hf_class: str, keys: tuple[str, ...]):
+    """The config of a ``save_pretrained`` folder: a :class:`SavedConfig` when transformers >= 5
+    wrote it and it states every key in ``keys`` (what our forward reads); otherwise (a legacy hub
+    config: ``rotary_pct``, ``time_step_rank: "auto"``, ...) transformers' ``hf_class``, which
+    derives the missing keys."""
+    values = json.loads((Path(path) / "config.json").read_text())
+    major = str(values.get("transformers_version", "0")).split(".")[0]
+    if major.isdigit() and int(major) >= 5 and all(k in values for k in keys):
+        return SavedConfig(values, hf_class)
+    import transformers
+
+    return getattr(transformers, hf_class).from_pretrained(str(path), local_files_only=True)
+
+
+def hf_config(config):
+    """A transformers config (a copy) from a :class:`SavedConfig` or a transformers config."""
+    import copy
+
+    return config.to_hf() if isinstance(config, SavedConfig) else copy.deepcopy(config)
 
 
 def check_model_folder(path: Path, *, external: bool = False) -> None:

@@ -55,8 +55,13 @@ import torch
 from torch import nn
 
 from universality.core.hooks import HookPoint
-from universality.models.registry import Architecture, register
+from universality.models.registry import Architecture, hf_config, read_config, register
 from universality.models.wkv import propagate_wkv_patch, wkv
+
+#: config.json keys our forward reads: a config.json stating all of them is read without
+#: transformers (registry.read_config).
+CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "attention_hidden_size", "intermediate_size",
+                  "layer_norm_epsilon", "rescale_every", "tie_word_embeddings", "vocab_size")
 
 __all__ = ["RwkvLM", "TimeMix", "ChannelMix", "RwkvBlock", "Rwkv", "ADAPTER", "ATT_HOOKS",
            "STATE_HOOKS", "BLOCK_HOOKS", "state_hook_names", "wkv_state_patch"]
@@ -219,7 +224,7 @@ class RwkvLM(nn.Module):
         """An equal-weight ``transformers.RwkvForCausalLM`` (e.g. to ``save_pretrained``)."""
         from transformers import RwkvForCausalLM
 
-        hf = RwkvForCausalLM(copy.deepcopy(self.config))
+        hf = RwkvForCausalLM(hf_config(self.config))
         hf.load_state_dict(self.state_dict())
         p = next(self.parameters())
         return hf.to(device=p.device, dtype=p.dtype).train(self.training)
@@ -232,10 +237,9 @@ class RwkvLM(nn.Module):
     def from_pretrained(cls, path, dtype: torch.dtype = torch.float32) -> "RwkvLM":
         """Load a ``save_pretrained`` directory from safetensors only (no pickle, no remote code)."""
         from safetensors.torch import load_file
-        from transformers import RwkvConfig
 
         path = Path(path)
-        config = RwkvConfig.from_pretrained(str(path), local_files_only=True)
+        config = read_config(path, "RwkvConfig", CONFIG_KEYS)
         state = {}
         for f in _safetensors_files(path):
             state.update({k: v.to(dtype) for k, v in load_file(str(f)).items()})
