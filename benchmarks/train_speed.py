@@ -11,6 +11,7 @@ the CPU-s column is the steadier one (process CPU time, all threads).
 
     python benchmarks/train_speed.py                    # ~1-2 minutes, 1 thread (as the rules)
     python benchmarks/train_speed.py --rounds 10 --arch gpt_neox --arch mamba
+    python benchmarks/train_speed.py --preset presets/study.yaml   # that zoo's shapes
 
 An architecture that cannot be built or trained here is reported and skipped, not faked.
 """
@@ -48,7 +49,25 @@ def parse_args(argv=None):
     p.add_argument("--synth-len", type=int, default=64, help="tokens per synthetic row (induction_len)")
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the rules run 1)")
+    p.add_argument("--preset", help="a config file: time its zoo's shapes (the first trained model "
+                   "of each architecture) instead of config.yaml's")
     return p.parse_args(argv)
+
+
+SHAPE_KEYS = ("d_model", "n_layers", "n_heads", "d_state", "expand", "d_conv", "d_mlp")
+
+
+def preset_specs(path) -> dict:
+    """{arch: shape} of the first trained model of each architecture in a config file."""
+    import yaml
+
+    specs = {}
+    for name, m in (yaml.safe_load(Path(path).read_text()).get("models") or {}).items():
+        if m.get("train_tokens", 0) > 0 and m.get("source", "train") == "train":
+            specs.setdefault(m["arch"], {k: m[k] for k in SHAPE_KEYS if k in m})
+    if not specs:
+        raise SystemExit(f"{path}: models: no trained model to time")
+    return specs
 
 
 class Stepper:
@@ -56,7 +75,7 @@ class Stepper:
 
     def __init__(self, arch: str, args):
         torch.manual_seed(0)
-        spec = {"arch": arch, "seed": 0, "train_tokens": 1, **TOY_SPECS[arch]}
+        spec = {"arch": arch, "seed": 0, "train_tokens": 1, **args.specs[arch]}
         self.model = models.build_model(models.build_config(spec, args.vocab, args.seq, 0)).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
         g = torch.Generator().manual_seed(1)
@@ -80,9 +99,10 @@ class Stepper:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    args.specs = preset_specs(args.preset) if args.preset else TOY_SPECS
     torch.set_num_threads(args.threads)
     steppers = {}
-    for arch in args.arch or list(TOY_SPECS):
+    for arch in args.arch or list(args.specs):
         try:
             steppers[arch] = Stepper(arch, args)
             for _ in range(args.warmup):
@@ -104,7 +124,7 @@ def main(argv=None) -> None:
         cpu = statistics.median(c for _, c in times[arch])
         ratio = f"{ref_wall / wall:12.2f}" if ref else f"{'-':>12s}"
         cratio = f"{cpu / ref_cpu:12.2f}" if ref else f"{'-':>12s}"
-        print(f"{arch:10s} {TOY_SPECS[arch]['n_layers']:6d} {s.tokens / wall:10.0f} {cpu:10.3f} {ratio} {cratio}")
+        print(f"{arch:10s} {args.specs[arch]['n_layers']:6d} {s.tokens / wall:10.0f} {cpu:10.3f} {ratio} {cratio}")
     print("vs gpt_neox: tokens/s ratio (higher is faster); CPU vs neox: CPU s per step ratio (higher is costlier)")
 
 
