@@ -198,3 +198,33 @@ def test_prefix_reuse_matches_a_full_forward():
             want = model(ids).logits[0, -1]
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert [len(e[0]) for e in reuse.entries] == [20, 49]  # the last two prompts, newest first
+
+
+def test_gguf_parsed_once_loads_the_same_judge(monkeypatch):
+    """The memoised load (one parse of the file, one tensor-name map) gives the tokenizer and
+    the weights of transformers' own load, parses the file once, and restores gguf."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from universality.report.judge import local
+
+    path = local.default_gguf()
+    folder, name = str(path.parent), path.name
+
+    def load():
+        return (AutoTokenizer.from_pretrained(folder, gguf_file=name),
+                AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32))
+
+    reader, parses = gguf.GGUFReader, []
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: parses.append(a) or reader(*a, **k))
+    counted = gguf.GGUFReader
+    with local.gguf_parsed_once():
+        tok_a, model_a = load()
+    assert gguf.GGUFReader is counted and len(parses) == 1
+    tok_b, model_b = load()
+    assert len(parses) == 4   # transformers alone: tokenizer, config, weights
+    text = "Rate the complexity of this feature from 1 to 5: def f(x): return x + 1"
+    assert tok_a.encode(text) == tok_b.encode(text) and tok_a.chat_template == tok_b.chat_template
+    sa, sb = model_a.state_dict(), model_b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

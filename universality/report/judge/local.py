@@ -15,6 +15,8 @@ times (the next-token probabilities agree with a full forward to float32 roundin
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -94,6 +96,34 @@ class PrefixReuse:
         return out.logits[0, -1]
 
 
+@contextlib.contextmanager
+def gguf_parsed_once():
+    """Inside the block, gguf's file parse and tensor-name map are memoised.
+
+    transformers reads the GGUF file three times to load it (tokenizer, config, weights), each a
+    full ``gguf.GGUFReader`` parse of its 49,152-token vocabulary (~3-5 CPU s), and rebuilds
+    ``gguf.get_tensor_name_map(arch, layers)`` for each of the model's 397 modules (~15 ms each):
+    ~14 of the load's ~22 CPU s. Both are pure functions of their arguments (the reader a
+    read-only memory map), so the block hands back the first result; gguf's functions are
+    restored on exit. Same tokenizer and weights as without it (test)."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict = {}
+
+    def parsed(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = parsed, functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
 class LocalJudge:
     """A causal LM from a GGUF file, scored from next-token digit probabilities (CPU, float32)."""
 
@@ -113,8 +143,10 @@ class LocalJudge:
 
             torch.set_num_threads(self.threads)
             folder, name = str(self.path.parent), self.path.name
-            self._tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            self._model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+            with gguf_parsed_once():
+                self._tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+                self._model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                                                   dtype=torch.float32).eval()
             ids = [self._tok.encode(d, add_special_tokens=False) for d in DIGITS]
             if any(len(i) != 1 for i in ids):
                 raise JudgeError(f"{self.path}: the digits 1..5 are not single tokens ({ids})")
