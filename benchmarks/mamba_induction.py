@@ -16,9 +16,8 @@ The measurement behind the README's Mamba warm-up table (and the choice of
 from __future__ import annotations
 
 import argparse
-import time
-
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from universality.models import registry as models  # noqa: E402
 from universality.zoo import train as zoo  # noqa: E402
+from train_speed import TOY_SPECS  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 def main(argv=None):
@@ -36,7 +36,8 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--len", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--arch", default="mamba", help="any registry architecture (gpt_neox, rwkv: 4 heads)")
+    p.add_argument("--arch", default="mamba", choices=sorted(TOY_SPECS),
+                   help="the default zoo's shape of this architecture, with --layers (and --d-state)")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--vocab", type=int, default=1024)
@@ -46,9 +47,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    spec = dict(arch=args.arch, seed=0, d_model=128, n_layers=args.layers)
-    spec.update(dict(d_state=args.d_state, expand=2, d_conv=4) if args.arch == "mamba" else
-                dict(n_heads=4) if args.arch == "gpt_neox" else {})
+    spec = {**TOY_SPECS[args.arch], "arch": args.arch, "seed": 0, "n_layers": args.layers}
+    if args.arch == "mamba":
+        spec["d_state"] = args.d_state
     model = models.build_model(models.build_config(spec, args.vocab, 256, 0)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     t0 = time.perf_counter()

@@ -58,13 +58,16 @@ SHAPE_KEYS = ("d_model", "n_layers", "n_heads", "d_state", "expand", "d_conv", "
 
 
 def preset_specs(path) -> dict:
-    """{arch: shape} of the first trained model of each architecture in a config file."""
+    """{arch: shape} of the first trained model of each architecture in a config file (checked
+    by the pipeline's own validator, so a bad file names its key)."""
     import yaml
 
+    from universality.workflow.config import validate
+
     specs = {}
-    for name, m in (yaml.safe_load(Path(path).read_text()).get("models") or {}).items():
-        if m.get("train_tokens", 0) > 0 and m.get("source", "train") == "train":
-            specs.setdefault(m["arch"], {k: m[k] for k in SHAPE_KEYS if k in m})
+    for m in validate(yaml.safe_load(Path(path).read_text()))["models"].values():
+        if m["source"] == "train" and m["train_tokens"] > 0:
+            specs.setdefault(m["arch"], {k: m[k] for k in SHAPE_KEYS if m.get(k) is not None})
     if not specs:
         raise SystemExit(f"{path}: models: no trained model to time")
     return specs

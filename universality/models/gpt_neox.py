@@ -46,8 +46,8 @@ from universality.models.registry import Architecture, hf_config, read_config, r
 #: config.json keys our forward reads: a config.json stating all of them is read without
 #: transformers (registry.read_config).
 CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                  "hidden_act", "layer_norm_eps", "rope_parameters", "use_parallel_residual",
-                  "attention_bias", "tie_word_embeddings", "vocab_size")
+               "hidden_act", "layer_norm_eps", "rope_parameters", "use_parallel_residual",
+               "attention_bias", "tie_word_embeddings", "vocab_size")
 
 __all__ = ["NeoXLM", "GPTNeoX", "ADAPTER", "ATTN_HOOKS", "BLOCK_HOOKS", "MLP_HOOKS"]
 
@@ -280,7 +280,7 @@ class NeoXLM(nn.Module):
         from safetensors.torch import load_file
 
         path = Path(path)
-        config = read_config(path, "GPTNeoXConfig", CONFIG_KEYS)
+        config = read_config(path, CONFIG_KEYS)
         index = path / "model.safetensors.index.json"
         if index.exists():
             files = [path / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]

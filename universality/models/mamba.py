@@ -60,8 +60,8 @@ from universality.models.ssm_states import first_changed_position, propagate_sta
 #: config.json keys our forward reads: a config.json stating all of them is read without
 #: transformers (registry.read_config).
 CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "intermediate_size", "state_size", "conv_kernel",
-                  "time_step_rank", "use_bias", "use_conv_bias", "hidden_act", "layer_norm_epsilon",
-                  "residual_in_fp32", "tie_word_embeddings", "vocab_size")
+               "time_step_rank", "use_bias", "use_conv_bias", "hidden_act", "layer_norm_epsilon",
+               "residual_in_fp32", "tie_word_embeddings", "vocab_size")
 
 __all__ = ["MambaLM", "MambaBlock", "MambaMixer", "RMSNorm", "CausalConvSiLU", "causal_conv_silu",
            "MIXER_HOOKS", "BLOCK_HOOKS", "Mamba", "ADAPTER"]
@@ -383,7 +383,7 @@ class MambaLM(nn.Module):
         from safetensors.torch import load_file
 
         path = Path(path)
-        config = read_config(path, "MambaConfig", CONFIG_KEYS)
+        config = read_config(path, CONFIG_KEYS)
         index = path / "model.safetensors.index.json"
         if index.exists():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))

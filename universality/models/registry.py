@@ -19,6 +19,7 @@ A new architecture is one module with an :class:`Architecture` subclass and one
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 from pathlib import Path
@@ -111,40 +112,38 @@ class SavedConfig:
     Reading it needs no transformers import: the config classes pull in
     ``transformers.configuration_utils`` (and through it ``torch.distributed.tensor``), ~0.6-0.9
     CPU s in every job that loads a model, for a JSON file whose keys are already complete.
-    ``to_hf()`` gives the transformers config (for ``to_hf`` / ``save_pretrained``).
+    ``to_hf()`` gives the transformers config of its ``model_type`` (for ``to_hf`` /
+    ``save_pretrained``).
     """
 
-    def __init__(self, values: dict, hf_class: str):
-        self.__dict__.update(json.loads(json.dumps(values)))   # a deep copy of plain JSON values
-        self.__dict__["_hf_class"] = hf_class
+    def __init__(self, values: dict):
+        self.__dict__.update(values)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k != "_hf_class"}
+        return dict(vars(self))
 
     def to_hf(self):
-        import transformers
+        from transformers import CONFIG_MAPPING
 
-        return getattr(transformers, self._hf_class).from_dict(self.to_dict())
+        return CONFIG_MAPPING[self.model_type].from_dict(self.to_dict())
 
 
-def read_config(path: Path, hf_class: str, keys: tuple[str, ...]):
+def read_config(path: Path, keys: tuple[str, ...]):
     """The config of a ``save_pretrained`` folder: a :class:`SavedConfig` when transformers >= 5
     wrote it and it states every key in ``keys`` (what our forward reads); otherwise (a legacy hub
-    config: ``rotary_pct``, ``time_step_rank: "auto"``, ...) transformers' ``hf_class``, which
-    derives the missing keys."""
+    config: ``rotary_pct``, ``time_step_rank: "auto"``, ...) transformers' class for its
+    ``model_type``, which derives the missing keys."""
     values = json.loads((Path(path) / "config.json").read_text())
     major = str(values.get("transformers_version", "0")).split(".")[0]
     if major.isdigit() and int(major) >= 5 and all(k in values for k in keys):
-        return SavedConfig(values, hf_class)
-    import transformers
+        return SavedConfig(values)
+    from transformers import AutoConfig
 
-    return getattr(transformers, hf_class).from_pretrained(str(path), local_files_only=True)
+    return AutoConfig.from_pretrained(str(path), local_files_only=True)
 
 
 def hf_config(config):
     """A transformers config (a copy) from a :class:`SavedConfig` or a transformers config."""
-    import copy
-
     return config.to_hf() if isinstance(config, SavedConfig) else copy.deepcopy(config)
 
 

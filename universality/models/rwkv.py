@@ -61,7 +61,7 @@ from universality.models.wkv import propagate_wkv_patch, wkv
 #: config.json keys our forward reads: a config.json stating all of them is read without
 #: transformers (registry.read_config).
 CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "attention_hidden_size", "intermediate_size",
-                  "layer_norm_epsilon", "rescale_every", "tie_word_embeddings", "vocab_size")
+               "layer_norm_epsilon", "rescale_every", "tie_word_embeddings", "vocab_size")
 
 __all__ = ["RwkvLM", "TimeMix", "ChannelMix", "RwkvBlock", "Rwkv", "ADAPTER", "ATT_HOOKS",
            "STATE_HOOKS", "BLOCK_HOOKS", "state_hook_names", "wkv_state_patch"]
@@ -239,7 +239,7 @@ class RwkvLM(nn.Module):
         from safetensors.torch import load_file
 
         path = Path(path)
-        config = read_config(path, "RwkvConfig", CONFIG_KEYS)
+        config = read_config(path, CONFIG_KEYS)
         state = {}
         for f in _safetensors_files(path):
             state.update({k: v.to(dtype) for k, v in load_file(str(f)).items()})

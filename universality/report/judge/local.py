@@ -9,9 +9,10 @@ of the single-token digits "1".."5" (:func:`universality.report.judge.base.from_
 the five digits hold: a judge this small is weak, and the page says so.
 
 Every prompt of one score starts with the same chat template and App. E text (~220-300 of
-~950-1,050 tokens in the default run); :class:`PrefixReuse` keeps the key/value cache of the last prompts and runs only the
-tokens after the longest shared prefix, so the instructions are not recomputed 2 x features
-times (the next-token probabilities agree with a full forward to float32 rounding: test).
+~950-1,050 tokens in the default run); :class:`PrefixReuse` keeps the key/value cache of the last
+prompts and runs only the tokens after the longest shared prefix, so the instructions are not
+recomputed 2 x features times (the next-token probabilities agree with a full forward to float32
+rounding: test).
 """
 from __future__ import annotations
 
